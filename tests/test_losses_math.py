@@ -1,0 +1,99 @@
+"""The training losses and the timestep inversion compute what the paper's equations say."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.errors import BadInput
+from training.backbone import scheduler_from
+from training.losses import mmd2_rbf, total_variation
+from training.perceptual import LPIPS, LaplacianPyramidL1, build_perceptual
+from training.timesteps import invert_alphas_cumprod
+from training.uncertainty import uncertainty_nll
+
+torch.set_num_threads(1)
+
+
+def test_nll_equals_hand_computation():
+    z_gt = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    z_mean = torch.tensor([0.0, -1.0, 0.5, 1.0])
+    s = torch.tensor([0.0, 1.0, -1.0, 2.0])
+    by_hand = sum(math.exp(-si) * (g - m) ** 2 + 3 * si for g, m, si in zip(z_gt.tolist(), z_mean.tolist(), s.tolist())) / 8
+    assert uncertainty_nll(z_gt, z_mean, s).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_nll_minimiser_in_s_is_log_of_a_third_of_the_squared_error():
+    z_gt = torch.tensor([2.0, -1.0, 0.3])
+    z_mean = torch.tensor([0.5, 1.0, 0.0])
+    s = torch.zeros(3, requires_grad=True)
+    optimiser = torch.optim.LBFGS([s], lr=1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = uncertainty_nll(z_gt, z_mean, s)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    expected = torch.log((z_gt - z_mean) ** 2 / 3)
+    assert torch.allclose(s.detach(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_timestep_inversion_is_exact_at_the_schedules_timesteps(prediction_type):
+    table = scheduler_from(prediction_type).alphas_cumprod.float()
+    steps = torch.tensor([0, 1, 17, 250, 500, 998, 999])
+    assert torch.equal(invert_alphas_cumprod(table[steps], table), steps.float())
+
+
+def test_timestep_inversion_is_monotone_and_interpolates_between_steps():
+    table = scheduler_from("epsilon").alphas_cumprod.float()
+    levels = torch.linspace(float(table[0]), float(table[-1]), 5000)
+    t = invert_alphas_cumprod(levels, table)
+    assert torch.all(t[1:] >= t[:-1])
+    midway = (table[10] + table[11]) / 2
+    assert invert_alphas_cumprod(midway.view(1), table).item() == pytest.approx(10.5, abs=1e-3)
+
+
+def test_timestep_inversion_has_a_gradient_with_respect_to_the_noise_level():
+    table = scheduler_from("epsilon").alphas_cumprod.float()
+    alpha_bar = torch.tensor([0.9, 0.5, 0.1], requires_grad=True)
+    invert_alphas_cumprod(alpha_bar, table).sum().backward()
+    assert torch.all(alpha_bar.grad < 0)
+
+
+def test_mmd_is_zero_for_identical_samples_and_grows_with_a_mean_shift():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=generator)
+    assert mmd2_rbf(x, x.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    shifts = [mmd2_rbf(x, torch.randn(200, 8, generator=generator) + d).item() for d in (0.0, 0.5, 1.0, 2.0)]
+    assert shifts == sorted(shifts)
+    assert shifts[-1] > 10 * shifts[0]
+
+
+def test_total_variation_is_zero_on_a_constant_map_and_positive_on_an_edge():
+    assert total_variation(torch.full((1, 1, 8, 8), 0.7)).item() == 0.0
+    edge = torch.zeros(1, 1, 8, 8)
+    edge[..., 4:] = 1
+    assert total_variation(edge).item() > 0
+
+
+def test_perceptual_falls_back_to_laplacian_pyramid_without_weights():
+    module, note = build_perceptual(None)
+    assert isinstance(module, LaplacianPyramidL1) and "fallback" in note
+    image = torch.rand(1, 3, 32, 32)
+    assert module(image, image).item() == 0.0
+    assert module(image, image.flip(-1)).item() > 0
+
+
+def test_perceptual_loads_lpips_from_a_local_safetensors_file(tmp_path):
+    path = tmp_path / "lpips_vgg.safetensors"
+    save_file({k: v.contiguous() for k, v in LPIPS().state_dict().items()}, str(path))
+    module, note = build_perceptual(str(path))
+    assert isinstance(module, LPIPS) and str(path) in note
+    with pytest.raises(BadInput, match="not an LPIPS"):
+        bad = tmp_path / "other.safetensors"
+        save_file({"weight": torch.zeros(2)}, str(bad))
+        build_perceptual(str(bad))
