@@ -1,0 +1,214 @@
+"""The `slimdiffsr` command: run, serve, info and bench, without QGIS.
+
+Exit codes: 0 success, 2 bad input (the message says what to change),
+1 internal error, 130 cancelled (Ctrl-C; the partial output is removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import BadInput, Cancelled, SlimDiffSRError
+from .request import SUPPORTED_SCALES, RunRequest
+
+log = logging.getLogger("slimdiffsr")
+
+
+def _numbers(text: str, kind: type, count: Optional[int], what: str) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if count is not None and len(values) != count:
+        raise argparse.ArgumentTypeError(f"{what} needs {count} comma-separated numbers, got {len(values)}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so the README and tests can show its help)."""
+    parser = argparse.ArgumentParser(prog="slimdiffsr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="super-resolve rasters into georeferenced GeoTIFFs",
+                              description="slimdiffsr run IN OUT, or slimdiffsr run IN [IN ...] --out-dir DIR")
+    run.add_argument("paths", nargs="+", help="IN OUT, or several inputs with --out-dir")
+    run.add_argument("--out-dir", help="write <input>_x<scale>.tif for every input into this folder")
+    run.add_argument("--scale", type=int, default=4, choices=SUPPORTED_SCALES)
+    run.add_argument("--extent", type=lambda t: _numbers(t, float, 4, "--extent"),
+                     help="xmin,ymin,xmax,ymax in map units (default: whole raster)")
+    run.add_argument("--extent-crs", help="CRS of --extent, e.g. EPSG:4326 (default: the raster's CRS)")
+    run.add_argument("--bands", type=lambda t: _numbers(t, int, None, "--bands"),
+                     help="1-based bands feeding the model, e.g. 4,3,2 (default 1,2,3; a 1-band raster is replicated)")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="student weights (.safetensors); default: the shipped weights")
+    source.add_argument("--model", choices=["bicubic"], help="bicubic: the classical baseline, not super-resolution")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--tile", type=int, default=256, help="tile size in input pixels")
+    run.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels")
+    run.add_argument("--normalisation", help="fixed:LO,HI or percentile:PLO,PHI (default: the weights' own)")
+    run.add_argument("--float32", action="store_true", help="write float32 instead of the input's data type")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    info = commands.add_parser("info", help="describe a weights file, or this machine's set-up")
+    info.add_argument("weights", nargs="?", help="a .safetensors weights file")
+
+    commands.add_parser("serve", help="the backend process: JSON lines on stdin/stdout (used by the QGIS plugin)")
+
+    bench = commands.add_parser("bench", help="time the model on this machine: seconds per 512x512 output")
+    bench_source = bench.add_mutually_exclusive_group()
+    bench_source.add_argument("--weights")
+    bench_source.add_argument("--model", choices=["bicubic"])
+    bench.add_argument("--scale", type=int, default=4, choices=SUPPORTED_SCALES)
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def _requests(args: argparse.Namespace) -> list[RunRequest]:
+    common = dict(scale=args.scale, extent=args.extent, extent_crs=args.extent_crs, bands=args.bands,
+                  weights=args.weights, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
+                  normalisation=args.normalisation, output_dtype="float32" if args.float32 else "same",
+                  overwrite=args.overwrite)
+    if args.out_dir:
+        folder = Path(args.out_dir)
+        outputs = [str(folder / f"{Path(p).stem}_x{args.scale}.tif") for p in args.paths]
+        if len(set(outputs)) != len(outputs):
+            raise BadInput("two inputs share a file name, so their outputs in --out-dir would collide; rename one")
+        return [RunRequest(input=p, output=o, **common) for p, o in zip(args.paths, outputs)]
+    if len(args.paths) != 2:
+        raise BadInput("give IN OUT, or several inputs with --out-dir DIR")
+    return [RunRequest(input=args.paths[0], output=args.paths[1], **common)]
+
+
+class _Progress:
+    """A tqdm bar on a terminal, otherwise a line every 10 %."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=self.label, unit="tile", file=sys.stderr)
+            self.bar.update(done - self.bar.n)
+            return
+        decile = done * 10 // total
+        if decile != self.last_decile:
+            self.last_decile = decile
+            print(f"{self.label}: {done}/{total} tiles", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .engine import Engine, human_size
+
+    requests = _requests(args)
+    engine = Engine()
+    plans = [engine.plan(request) for request in requests]
+    if args.model == "bicubic":
+        print("note: --model bicubic is the classical baseline (interpolation), not super-resolution",
+              file=sys.stderr)
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    for request, plan in zip(requests, plans):
+        print(f"{request.input} -> {request.output}: {plan.width} x {plan.height} px, {plan.bands} band(s) "
+              f"{plan.dtype}, up to {human_size(plan.output_bytes)} ({human_size(plan.free_bytes)} free), "
+              f"{plan.tiles} tile(s)", file=sys.stderr, flush=True)
+        progress = _Progress(Path(request.input).name)
+        try:
+            result = engine.run(request, progress, lambda: bool(interrupted))
+        finally:
+            progress.close()
+        print(f"wrote {result.output} in {result.seconds:.1f} s on {result.device}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.weights:
+        from .models.summary import describe
+
+        if not Path(args.weights).is_file():
+            raise BadInput(f"weights file {args.weights} does not exist")
+        print(describe(args.weights))
+        return 0
+    from .engine import describe_environment
+    from .resources import default_weights_path
+
+    for key, value in describe_environment().items():
+        print(f"{key}: {value}")
+    for scale in SUPPORTED_SCALES:
+        print(f"default weights x{scale}: {default_weights_path(scale) or 'none shipped'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine import Engine, infer_tiles
+    from .tiling import Tile
+
+    engine = Engine()
+    request = RunRequest(input="-", output="-.tif", scale=args.scale, weights=args.weights, model=args.model,
+                         device=args.device)
+    loaded = engine.load_model(request)
+    device = engine.device(args.device)
+    side = 512 // args.scale
+    lr = torch.rand(3, side, side).numpy()
+    tile = Tile(0, 0, side, side, 0, 0)
+    timings = []
+    for _ in range(args.repeats + 1):
+        started = time.perf_counter()
+        list(infer_tiles(loaded.module, [tile], lambda _: lr, device, 1))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    best = min(timings[1:])
+    print(f"{loaded.name} on {device}: {best:.3f} s per 512x512 output ({0.262144 / best:.2f} MP/s)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `slimdiffsr` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="slimdiffsr: %(message)s")
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "info":
+            return _info(args)
+        if args.command == "bench":
+            return _bench(args)
+        from .server import main as serve
+
+        return serve()
+    except Cancelled:
+        print("slimdiffsr: cancelled; no output was left behind", file=sys.stderr)
+        return Cancelled.exit_code
+    except SlimDiffSRError as error:
+        print(f"slimdiffsr: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except Exception as error:  # an internal failure: say so plainly, details with --verbose
+        if args.verbose:
+            raise
+        print(f"slimdiffsr: internal error: {type(error).__name__}: {error} (run with -v for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

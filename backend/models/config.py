@@ -1,0 +1,160 @@
+"""The student's configuration: every width and switch the network is built from.
+
+A weights file stores this config as JSON in its safetensors metadata, so the
+file alone says which network it belongs to (`build(StudentConfig.from_dict(...))`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ENCODER_LAYOUTS = ("hr", "lr")
+CONV1_KINDS = ("fsc", "conv3x3")
+CONV2_KINDS = ("dsc", "conv3x3")
+ATTENTION_KINDS = ("qgam", "self")
+INT_FIELDS = (
+    "scale", "vae_channels", "mid_channels", "layers_per_block", "norm_groups", "ff_mult",
+    "qgam_queries", "qgam_dim", "attention_head_dim", "dsc_kernel",
+)
+LATENT_FACTOR = 8
+"""The tiny VAE maps HR pixels to a latent grid 8 times coarser, as TAESD does."""
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Widths and switches of the SlimDiffSR student.
+
+    scale:            output / input size (2, 4 or 8).
+    encoder:          "hr" (the paper's layout: encode the bicubic-upsampled LR at HR
+                      size) or "lr" (read the LR directly; the first strided convs of the
+                      encoder keep stride 1, so it reaches the same latent grid, HR / 8,
+                      with the same weights' shapes and far fewer pixels).
+    vae_channels:     width of the TAESD-style encoder and decoder (64 in TAESD).
+    block_channels:   widths of the retained UNet levels (SD-2.1: 320, 640).
+    mid_channels:     width of the ResBlock that replaces the removed deep levels
+                      (SD-2.1's third level, 1280, whose first ResBlock it is).
+    layers_per_block: ResBlocks per down level (up levels have one more, as in SD).
+    norm_groups:      GroupNorm groups (SD: 32).
+    ff_mult:          feed-forward expansion of the attention blocks (SD: 4, GEGLU).
+    qgam_queries, qgam_dim: QGAM's learnable queries (M) and its projection width.
+    attention_head_dim: head width of the standard self-attention ablation (SD-2.1: 64).
+    bottleneck_ratio: hidden width of FSC's and DSC's two 1x1 convs, as a fraction of
+                      their input width.
+    dsc_kernel:       length of DSC's 1xk / kx1 depthwise kernels.
+    conv1, conv2, attention: operators of the ResBlocks' first and second conv and of
+                      the attention blocks; "conv3x3" / "self" build the paper's
+                      Table 6 ablations.
+    """
+
+    scale: int
+    encoder: str = "hr"
+    vae_channels: int = 64
+    block_channels: tuple[int, ...] = (320, 640)
+    mid_channels: int = 1280
+    layers_per_block: int = 2
+    norm_groups: int = 32
+    ff_mult: int = 4
+    qgam_queries: int = 32
+    qgam_dim: int = 64
+    attention_head_dim: int = 64
+    bottleneck_ratio: float = 0.25
+    dsc_kernel: int = 3
+    conv1: str = "fsc"
+    conv2: str = "dsc"
+    attention: str = "qgam"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _problems(self):
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                yield f"{name} must be an integer, not {value!r}"
+                return
+        if self.scale not in (2, 4, 8):
+            yield f"scale must be 2, 4 or 8, not {self.scale}"
+        if self.encoder not in ENCODER_LAYOUTS:
+            yield f"encoder must be one of {ENCODER_LAYOUTS}, not {self.encoder!r}"
+        if self.conv1 not in CONV1_KINDS:
+            yield f"conv1 must be one of {CONV1_KINDS}, not {self.conv1!r}"
+        if self.conv2 not in CONV2_KINDS:
+            yield f"conv2 must be one of {CONV2_KINDS}, not {self.conv2!r}"
+        if self.attention not in ATTENTION_KINDS:
+            yield f"attention must be one of {ATTENTION_KINDS}, not {self.attention!r}"
+        if len(self.block_channels) < 1:
+            yield "block_channels needs at least one level"
+        for width in (*self.block_channels, self.mid_channels):
+            if width % self.norm_groups:
+                yield f"width {width} is not divisible by norm_groups {self.norm_groups}"
+        for width in self.block_channels:
+            if width % self.attention_head_dim:
+                yield f"width {width} is not divisible by attention_head_dim {self.attention_head_dim}"
+        if not 0 < self.bottleneck_ratio <= 1:
+            yield f"bottleneck_ratio must be in (0, 1], not {self.bottleneck_ratio}"
+        if self.dsc_kernel % 2 == 0:
+            yield f"dsc_kernel must be odd, not {self.dsc_kernel}"
+        if min(self.vae_channels, self.layers_per_block, self.ff_mult, self.qgam_queries, self.qgam_dim) < 1:
+            yield "vae_channels, layers_per_block, ff_mult, qgam_queries and qgam_dim must be positive"
+
+    @classmethod
+    def paper(cls, scale: int) -> "StudentConfig":
+        """The paper's student: SD-2.1 widths 320/640, deep levels replaced by one ResBlock."""
+        return cls(scale=scale)
+
+    @classmethod
+    def tiny(cls, scale: int) -> "StudentConfig":
+        """The same structure at a few hundred thousand parameters, for tests on CPU."""
+        return cls(
+            scale=scale,
+            vae_channels=16,
+            block_channels=(32, 64),
+            mid_channels=64,
+            norm_groups=8,
+            ff_mult=2,
+            qgam_queries=4,
+            qgam_dim=16,
+            attention_head_dim=16,
+        )
+
+    @property
+    def unet_downsamples(self) -> int:
+        """Stride-2 steps inside the UNet: one between consecutive retained levels."""
+        return len(self.block_channels) - 1
+
+    @property
+    def lr_multiple(self) -> int:
+        """The LR size the network needs a multiple of (the model pads to it)."""
+        hr_multiple = LATENT_FACTOR * 2**self.unet_downsamples
+        return max(1, hr_multiple // self.scale)
+
+    def replace(self, **changes: Any) -> "StudentConfig":
+        """A copy with some fields changed (e.g. an ablation or the other encoder layout)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored in weights files."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["block_channels"] = list(self.block_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudentConfig":
+        """Inverse of `to_dict`; raises ValueError naming unknown or missing fields and bad values."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        if "scale" not in data:
+            raise ValueError("config has no 'scale'")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc

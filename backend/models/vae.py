@@ -1,0 +1,95 @@
+"""The TAESD-style tiny encoder and decoder, minus their 4-channel latent convs.
+
+The layer indices follow TAESD (and diffusers' `AutoencoderTiny`), so TAESD weights
+map onto these modules by name: the encoder keeps layers 0-13 (its last conv, 64->4,
+is replaced by the UNet's fused input conv) and the decoder keeps layers 1-18 (its
+first conv, 4->64, is replaced by the UNet's fused output conv). TAESD's layers work
+on images in [0, 1]: diffusers' [-1, 1] wrapper maps to [0, 1] before its encoder
+layers and back after its decoder layers, so the student feeds [0, 1] directly.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+BLOCKS_PER_STAGE = (1, 3, 3, 3)
+"""TAESD's blocks at full size and after each of its three 2x resamplings."""
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    """A 3x3 convolution that keeps the size (or halves it with stride 2)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+
+
+class TinyBlock(nn.Module):
+    """TAESD's residual block: three 3x3 convs with ReLUs, added to the input, then ReLU."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            conv3x3(channels, channels), nn.ReLU(),
+            conv3x3(channels, channels), nn.ReLU(),
+            conv3x3(channels, channels),
+        )
+        self.fuse = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.conv(x) + x)
+
+
+class TinyEncoder(nn.Module):
+    """Image [0, 1] -> 64-channel features on the latent grid.
+
+    `strides` gives the stride of TAESD's three resampling convs: (2, 2, 2) reads an
+    HR image (HR / 8); the LR layout sets the first ones to 1 so that an LR image
+    reaches the same grid (e.g. (1, 2, 2) at x4: LR / 2 == HR / 8).
+    """
+
+    def __init__(self, channels: int, strides: tuple[int, int, int] = (2, 2, 2)):
+        super().__init__()
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        for stage, blocks in enumerate(BLOCKS_PER_STAGE):
+            if stage == 0:
+                layers[str(len(layers))] = conv3x3(3, channels)
+            else:
+                layers[str(len(layers))] = conv3x3(channels, channels, stride=strides[stage - 1], bias=False)
+            for _ in range(blocks):
+                layers[str(len(layers))] = TinyBlock(channels)
+        self.layers = nn.Sequential(layers)
+        self.channels = channels
+
+    def forward(self, image01: torch.Tensor) -> torch.Tensor:
+        return self.layers(image01)
+
+
+class TinyDecoder(nn.Module):
+    """64-channel features on the latent grid -> image, x8 larger, roughly in [0, 1].
+
+    Nothing clamps the output: the loss needs gradients beyond [0, 1] and the engine
+    clips when it writes.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        index = 1  # TAESD's layer 0, the 4->64 conv, is the UNet's fused output conv now
+        layers[str(index)] = nn.ReLU()
+        stages = tuple(reversed(BLOCKS_PER_STAGE))
+        for stage, blocks in enumerate(stages):
+            for _ in range(blocks):
+                index += 1
+                layers[str(index)] = TinyBlock(channels)
+            final = stage == len(stages) - 1
+            if not final:
+                index += 1
+                layers[str(index)] = nn.Upsample(scale_factor=2, mode="nearest")
+            index += 1
+            layers[str(index)] = conv3x3(channels, 3 if final else channels, bias=final)
+        self.layers = nn.Sequential(layers)
+        self.channels = channels
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
