@@ -45,7 +45,7 @@ class TinyEncoder(nn.Module):
 
     `strides` gives the stride of TAESD's three resampling convs: (2, 2, 2) reads an
     HR image (HR / 8); the LR layout sets the first ones to 1 so that an LR image
-    reaches the same grid (e.g. (1, 2, 2) at x4: LR / 2 == HR / 8).
+    reaches the same grid (e.g. (1, 1, 2) at x4: LR / 2 == HR / 8).
     """
 
     def __init__(self, channels: int, strides: tuple[int, int, int] = (2, 2, 2)):
