@@ -2,5 +2,6 @@
 
 from .config import StudentConfig
 from .student import SlimDiffSR, build, feature_channels
+from .weights import load, read_metadata, save
 
-__all__ = ["StudentConfig", "SlimDiffSR", "build", "feature_channels"]
+__all__ = ["StudentConfig", "SlimDiffSR", "build", "feature_channels", "load", "read_metadata", "save"]

@@ -1,0 +1,138 @@
+"""Weights files: exact round trip, metadata without building, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from backend.errors import BadInput
+from backend.models import StudentConfig, build, load, read_metadata, save
+
+torch.set_num_threads(1)
+PROVENANCE = {"normalisation": "percentile:2,98", "training_run": "unit-test"}
+
+
+@pytest.fixture()
+def weights(tmp_path):
+    torch.manual_seed(0)
+    model = build(StudentConfig.tiny(4)).eval()
+    path = tmp_path / "student.safetensors"
+    save(model, path, PROVENANCE)
+    return model, path
+
+
+def rewrite_config(path, target, config_json):
+    tensors = load_file(str(path))
+    save_file(tensors, str(target), metadata={"format": "pt", "slimdiffsr_config": config_json})
+    return target
+
+
+def assert_bad_input(path, *fragments):
+    with pytest.raises(BadInput) as caught:
+        load(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def test_save_then_load_gives_bit_identical_outputs(weights):
+    model, path = weights
+    loaded = load(path)
+    lr = torch.rand(1, 3, 10, 7)
+    with torch.no_grad():
+        assert torch.equal(model(lr), loaded(lr))
+    assert loaded.config == model.config and not loaded.training
+    assert loaded.meta == PROVENANCE
+
+
+def test_read_metadata_reports_config_provenance_and_size_without_building(weights):
+    model, path = weights
+    info = read_metadata(path)
+    assert StudentConfig.from_dict(info["config"]) == model.config
+    assert info["meta"] == PROVENANCE
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_save_writes_no_partial_file_beside_the_target(weights):
+    _, path = weights
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_missing_file_is_bad_input(tmp_path):
+    assert_bad_input(tmp_path / "nope.safetensors", "not found")
+
+
+def test_pickle_file_is_refused_without_being_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps(Payload()))
+    assert_bad_input(path, "not a readable safetensors")
+    assert not marker.exists()
+
+
+def test_torch_save_file_is_refused(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save(build(StudentConfig.tiny(4)).state_dict(), path)
+    assert_bad_input(path, "not a readable safetensors")
+
+
+@pytest.mark.parametrize("keep", [0, 6, 100, -16])
+def test_truncated_file_is_bad_input(weights, tmp_path, keep):
+    _, path = weights
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[:keep])
+    assert_bad_input(truncated, "not a readable safetensors")
+
+
+def test_safetensors_without_config_is_bad_input(weights, tmp_path):
+    _, path = weights
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(path)), str(bare))
+    assert_bad_input(bare, "no SlimDiffSR config")
+
+
+@pytest.mark.parametrize(
+    "config_json,fragment",
+    [
+        ("{not json", "bad SlimDiffSR config"),
+        (json.dumps({"scale": 3}), "scale must be 2, 4 or 8"),
+        (json.dumps({"scale": 4, "wings": 2}), "unknown config field(s): wings"),
+        (json.dumps({"encoder": "hr"}), "no 'scale'"),
+    ],
+)
+def test_wrong_config_is_bad_input(weights, tmp_path, config_json, fragment):
+    _, path = weights
+    assert_bad_input(rewrite_config(path, tmp_path / "bad.safetensors", config_json), fragment)
+
+
+def test_tensors_that_do_not_match_the_config_are_bad_input(weights, tmp_path):
+    _, path = weights
+    other = StudentConfig.tiny(4).replace(vae_channels=8)
+    mismatched = rewrite_config(path, tmp_path / "other.safetensors", json.dumps(other.to_dict()))
+    assert_bad_input(mismatched, "tensors do not match the config", "wrong shape")
+
+
+def test_ablation_tensors_under_the_student_config_are_bad_input(tmp_path):
+    ablation = build(StudentConfig.tiny(4).replace(conv2="conv3x3"))
+    save(ablation, tmp_path / "ablation.safetensors")
+    mismatched = rewrite_config(
+        tmp_path / "ablation.safetensors", tmp_path / "x.safetensors", json.dumps(StudentConfig.tiny(4).to_dict())
+    )
+    assert_bad_input(mismatched, "missing", "unexpected")
+
+
+def test_provenance_must_be_strings(tmp_path):
+    with pytest.raises(TypeError):
+        save(build(StudentConfig.tiny(4)), tmp_path / "w.safetensors", {"epoch": 3})
