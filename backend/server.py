@@ -165,10 +165,7 @@ class Server:
         return {**asdict(plan), "seconds_estimate": None if per_tile is None else per_tile * plan.tiles}
 
     def _run(self, request_id: Any, request: RunRequest) -> dict[str, Any]:
-        tiles = {"total": 0}
-
         def progress(done: int, total: int) -> None:
-            tiles["total"] = total
             self.send({"id": request_id, "event": "progress", "done": done, "total": total})
 
         def should_cancel() -> bool:
@@ -176,8 +173,8 @@ class Server:
                 return request_id in self._cancelled
 
         result = self._engine.run(request, progress=progress, should_cancel=should_cancel)
-        if tiles["total"]:
-            self._seconds_per_tile[_timing_key(request)] = result.seconds / tiles["total"]
+        if result.tiles:
+            self._seconds_per_tile[_timing_key(request)] = result.seconds / result.tiles
         return asdict(result)
 
     def _send_error(self, request_id: Any, error: BaseException) -> None:

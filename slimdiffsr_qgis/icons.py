@@ -1,0 +1,15 @@
+"""Locate the plugin's icons, inside an installed plugin or in a source checkout's resources/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+
+
+def icon_path(name: str) -> str:
+    """Path of icon `name`: the zip puts icons in the plugin's icons/, a checkout keeps them in resources/icons/."""
+    for folder in (PLUGIN_DIR / "icons", PLUGIN_DIR.parent / "resources" / "icons"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return ""

@@ -1,0 +1,93 @@
+"""Put a finished result into the project: overviews, a layer above its input, the input's look copied."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from osgeo import gdal
+from qgis.core import (QgsHillshadeRenderer, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
+                       QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer)
+
+SMALLEST_OVERVIEW = 256
+
+
+def overview_factors(width: int, height: int) -> list[int]:
+    """Factors 2, 4, 8, ... until the coarsest overview is about SMALLEST_OVERVIEW pixels across."""
+    factors = []
+    factor = 2
+    while max(width, height) / factor >= SMALLEST_OVERVIEW:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
+def build_overviews(path: str) -> int:
+    """Add internal overviews to the GeoTIFF at `path` unless it has some; returns how many levels it has.
+
+    Plain GDAL file work, no QGIS object, so it runs on the task's worker thread
+    and the main thread only opens a ready file.
+    """
+    dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_UPDATE)
+    if dataset is None:
+        raise OSError(f"cannot open {path} to add overviews")
+    band = dataset.GetRasterBand(1)
+    if band.GetOverviewCount() == 0:
+        factors = overview_factors(dataset.RasterXSize, dataset.RasterYSize)
+        if factors:
+            dataset.BuildOverviews("AVERAGE", factors, options=["COMPRESS_OVERVIEW=DEFLATE"])
+    levels = band.GetOverviewCount()
+    band = None
+    dataset = None
+    return levels
+
+
+def band_map(bands: Optional[Sequence[int]], output_bands: int) -> dict[int, int]:
+    """Input band number -> output band number: output band i holds input band bands[i-1]."""
+    chosen = list(bands) if bands else list(range(1, output_bands + 1))
+    return {source: index + 1 for index, source in enumerate(chosen[:output_bands])}
+
+
+def copy_renderer(source: QgsRasterLayer, target: QgsRasterLayer, bands: dict[int, int]) -> bool:
+    """Give `target` the renderer and stretch of `source`, with band numbers mapped; False if they cannot map.
+
+    The result is written in the input's data type and range, so the same
+    min/max stretch shows both layers alike and they compare fairly.
+    """
+    renderer = source.renderer().clone() if source.renderer() is not None else None
+    if renderer is None:
+        return False
+    used = [band for band in renderer.usesBands() if band > 0]
+    if any(band not in bands for band in used):
+        return False
+    if isinstance(renderer, QgsMultiBandColorRenderer):
+        for getter, setter in ((renderer.redBand, renderer.setRedBand), (renderer.greenBand, renderer.setGreenBand),
+                               (renderer.blueBand, renderer.setBlueBand)):
+            if getter() > 0:
+                setter(bands[getter()])
+    elif isinstance(renderer, QgsSingleBandGrayRenderer):
+        renderer.setGrayBand(bands[renderer.grayBand()])
+    elif isinstance(renderer, (QgsSingleBandPseudoColorRenderer, QgsHillshadeRenderer)):
+        renderer.setBand(bands[renderer.band()])
+    elif any(bands[band] != band for band in used):
+        return False
+    target.setRenderer(renderer)
+    return True
+
+
+def add_result_layer(project: QgsProject, path: str, name: str, source: Optional[QgsRasterLayer],
+                     bands: Optional[Sequence[int]]) -> QgsRasterLayer:
+    """Load `path` as `name`, insert it just above `source` in the layer tree, and copy its look."""
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise OSError(f"the result {path} was written but QGIS cannot open it")
+    if source is not None:
+        copy_renderer(source, layer, band_map(bands, layer.bandCount()))
+    project.addMapLayer(layer, False)
+    root = project.layerTreeRoot()
+    node = root.findLayer(source.id()) if source is not None else None
+    if node is not None:
+        parent = node.parent()
+        parent.insertLayer(parent.children().index(node), layer)
+    else:
+        root.insertLayer(0, layer)
+    return layer
