@@ -8,6 +8,7 @@ the end, so no half-written output is ever visible under the target name.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,8 +291,11 @@ def check_output_path(output: str, input_path: str, overwrite: bool) -> None:
     folder = target.resolve().parent
     if not folder.is_dir():
         raise BadInput(f"output folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"output folder {folder} is not writable; choose another output path")
+    try:  # a real probe: permission bits say nothing for root or on read-only mounts
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        raise BadInput(f"output folder {folder} is not writable; choose another output path") from None
     if target.exists() and not overwrite:
         raise BadInput(f"output {output} already exists; pass --overwrite (or overwrite=true) to replace it")
 
