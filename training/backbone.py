@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from backend.errors import BadInput
@@ -34,6 +35,11 @@ class Backbone:
     source: str
     notes: list[str]
 
+    @property
+    def source_spec(self) -> str:
+        """The "SOURCE|PREDICTION_TYPE" string a teacher file stores to rebuild this backbone."""
+        return f"{self.source}|{self.prediction_type}"
+
 
 def load_backbone(source: str, prediction_type: str = "epsilon") -> Backbone:
     """`source` is a local diffusers folder or "tiny"; prediction_type applies to "tiny" only.
@@ -44,6 +50,21 @@ def load_backbone(source: str, prediction_type: str = "epsilon") -> Backbone:
     if source == "tiny":
         return _tiny_backbone(prediction_type)
     return _folder_backbone(Path(source))
+
+
+def encode_latent(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> scaled latent [B, 4, H/8, W/8]; the distribution's mode, so deterministic."""
+    return vae.encode(image * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+
+
+def decode_latent(vae: AutoencoderKL, latent: torch.Tensor) -> torch.Tensor:
+    """Scaled latent -> [B, 3, H, W], nominally in [0, 1] (not clipped, so L1 sees overshoot)."""
+    return (vae.decode(latent / vae.config.scaling_factor).sample + 1) / 2
+
+
+def upsample_bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """LR [B, 3, h, w] in [0, 1] -> bicubic HR size, clipped to [0, 1]: the input the latents are made from."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def scheduler_from(prediction_type: str) -> DDPMScheduler:
@@ -74,7 +95,7 @@ def _tiny_backbone(prediction_type: str) -> Backbone:
     scheduler = scheduler_from(prediction_type)
     return Backbone(
         unet=unet, vae=vae, alphas_cumprod=scheduler.alphas_cumprod.float(), prediction_type=prediction_type,
-        null_embedding=torch.zeros(1, TINY_PROMPT_TOKENS, TINY_CROSS_ATTENTION_DIM), source=f"tiny ({prediction_type})",
+        null_embedding=torch.zeros(1, TINY_PROMPT_TOKENS, TINY_CROSS_ATTENTION_DIM), source="tiny",
         notes=["backbone: tiny random UNet/VAE built in code (tests and CPU chain only; not a pretrained model)"],
     )
 

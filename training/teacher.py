@@ -16,20 +16,26 @@ predictor train; the backbone stays frozen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbone import Backbone
+from backend.errors import BadInput
+
+from .backbone import Backbone, decode_latent, encode_latent, load_backbone
 from .timesteps import invert_alphas_cumprod
+from .uncertainty import UncertaintyConfig, UncertaintyEstimator
 
 UNET_LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out", "time_emb_proj",
 ]
+UNCERTAINTY_PREFIX = "uncertainty."
 VAE_DECODER_LORA_TARGETS = r"decoder\..*(conv1|conv2|conv_shortcut|conv|conv_in|conv_out|to_q|to_k|to_v|to_out\.0)"
 
 
@@ -76,11 +82,6 @@ def one_step_x0(z_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: torch.
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
-def upsample_bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """LR [B, 3, h, w] in [0, 1] -> bicubic HR size, clipped to [0, 1]."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
 class Teacher(nn.Module):
     """The single-step teacher; `forward` returns the decoded HR and what the losses and distillation need."""
 
@@ -108,15 +109,11 @@ class Teacher(nn.Module):
         self.predictor = NoiseLevelPredictor(
             self.vae.config.latent_channels, config.predictor_width, (float(alphas[-1]), float(alphas[0]))
         )
-        self.scaling_factor = float(self.vae.config.scaling_factor)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> scaled latent (the distribution's mode: deterministic)."""
-        return self.vae.encode(image * 2 - 1).latent_dist.mode() * self.scaling_factor
-
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Scaled latent -> [B, 3, H, W], nominally in [0, 1] (not clipped, so L1 sees overshoot)."""
-        return (self.vae.decode(latent / self.scaling_factor).sample + 1) / 2
+        """[B, 3, H, W] in [0, 1] -> scaled latent; the encoder has no LoRA, so no gradient is needed."""
+        with torch.no_grad():
+            return encode_latent(self.vae, image)
 
     def denoise(self, z_lr: torch.Tensor, alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step from z_lr at per-pixel noise level ᾱ: returns (ẑ0, t* map)."""
@@ -126,15 +123,56 @@ class Teacher(nn.Module):
         output = self.unet(z_lr, t_mean, encoder_hidden_states=context).sample
         return one_step_x0(z_lr, output, alpha_bar, self.prediction_type), t_map
 
-    def forward(self, lr_up: torch.Tensor, z_gt: torch.Tensor, z_var: torch.Tensor) -> dict[str, torch.Tensor]:
-        """lr_up: bicubic-upsampled LR in [0, 1]; z_gt: HR latent; z_var: the estimator's variance."""
-        z_lr = self.encode(lr_up)
+    def forward(self, z_lr: torch.Tensor, z_gt: torch.Tensor, z_var: torch.Tensor) -> dict[str, torch.Tensor]:
+        """z_lr: latent of the bicubic-upsampled LR; z_gt: HR latent; z_var: the estimator's variance."""
         alpha_bar = self.predictor(z_gt, z_var)
         z0, t_map = self.denoise(z_lr, alpha_bar)
-        return {"hr": self.decode(z0), "alpha_bar": alpha_bar, "t_map": t_map, "z_lr": z_lr}
+        return {"hr": decode_latent(self.vae, z0), "alpha_bar": alpha_bar, "t_map": t_map}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """LoRA and predictor tensors plus the null embedding: what a teacher file stores."""
         state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
         state["null_embedding"] = self.null_embedding
         return state
+
+
+def save_teacher(path: Path, weights: dict[str, torch.Tensor], estimator: UncertaintyEstimator,
+                 config: TeacherConfig, backbone: Backbone, provenance: dict[str, str]) -> None:
+    """One file with the trained teacher tensors and the frozen estimator (prefix "uncertainty."),
+    plus what is needed to rebuild it: the backbone's source, prediction type, ranks and estimator config."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    tensors.update({f"{UNCERTAINTY_PREFIX}{k}": v.contiguous().cpu() for k, v in estimator.state_dict().items()})
+    meta = {
+        "backbone": backbone.source_spec,
+        "prediction_type": backbone.prediction_type,
+        **{k: str(v) for k, v in asdict(config).items()},
+        **{f"{UNCERTAINTY_PREFIX}{k}": v for k, v in estimator.config.to_metadata().items()},
+        **provenance,
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_teacher(path: Path) -> tuple[Teacher, UncertaintyEstimator, dict[str, str]]:
+    """Rebuild a frozen teacher and its estimator from a stage-1 file; the backbone is loaded from its source."""
+    if not Path(path).is_file():
+        raise BadInput(f"teacher weights {path} do not exist; run python -m training.train_teacher first")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if "backbone" not in meta:
+        raise BadInput(f"{path} is not a teacher file written by training.train_teacher (no backbone in its metadata)")
+    source, _, prediction_type = meta["backbone"].partition("|")
+    backbone = load_backbone(source, prediction_type or "epsilon")
+    config = TeacherConfig(**{k: int(meta[k]) for k in asdict(TeacherConfig()) if k in meta})
+    teacher = Teacher(backbone, config)
+    state = load_file(str(path))
+    estimator_meta = {k[len(UNCERTAINTY_PREFIX):]: v for k, v in meta.items() if k.startswith(UNCERTAINTY_PREFIX)}
+    estimator = UncertaintyEstimator(UncertaintyConfig.from_metadata(estimator_meta))
+    estimator.load_state_dict({k[len(UNCERTAINTY_PREFIX):]: v for k, v in state.items() if k.startswith(UNCERTAINTY_PREFIX)})
+    own = {k: v for k, v in state.items() if not k.startswith(UNCERTAINTY_PREFIX)}
+    missing = set(teacher.trainable_state()) - set(own)
+    if missing:
+        raise BadInput(f"{path} lacks {len(missing)} teacher tensors (e.g. {sorted(missing)[:2]}); it was made with another configuration")
+    teacher.load_state_dict(own, strict=False)
+    teacher.requires_grad_(False).eval()
+    estimator.requires_grad_(False).eval()
+    return teacher, estimator, meta

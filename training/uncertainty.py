@@ -9,9 +9,14 @@ determine (fine texture) get more noise than flat ones.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
+
+from backend.errors import BadInput
 
 
 @dataclass
@@ -72,3 +77,14 @@ def uncertainty_nll(z_gt: torch.Tensor, z_mean: torch.Tensor, log_var: torch.Ten
     """
     squared_error = (z_gt - z_mean).pow(2)
     return 0.5 * (torch.exp(-log_var) * squared_error + 3 * log_var).mean()
+
+
+def load_uncertainty(path: Path) -> UncertaintyEstimator:
+    """A frozen estimator from the stage-0 file (config in its safetensors metadata)."""
+    if not Path(path).is_file():
+        raise BadInput(f"uncertainty estimator {path} does not exist; run python -m training.train_uncertainty first")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    model = UncertaintyEstimator(UncertaintyConfig.from_metadata(meta))
+    model.load_state_dict(load_file(str(path)))
+    return model.requires_grad_(False).eval()

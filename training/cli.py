@@ -1,0 +1,82 @@
+"""What every training entry point does around its stage: arguments, config, processes, data, loop.
+
+    python -m training.train_uncertainty --config training/configs/tiny_cpu.yaml [--out DIR]
+        [--max-minutes M] [--device auto|cpu|cuda] [--set section.key=value ...]
+
+Under `torchrun --nproc_per_node N` or `accelerate launch` the same command
+trains data-parallel; rerunning a command continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from backend.errors import SlimDiffSRError
+
+from . import distributed
+from .batches import seeded_batches
+from .config import load_config, loop_config, stage_dir
+from .distributed import Processes
+from .loop import Outcome, Task, train
+
+TaskFactory = Callable[[dict[str, Any], Processes], Task]
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every stage accepts."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config, e.g. training/configs/tiny_cpu.yaml")
+    p.add_argument("--out", help="output folder (overrides the config's output_dir)")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall-clock time")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides the config's device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    return p
+
+
+def main(stage: str, build_task: TaskFactory, description: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point body: returns the process exit code; user errors print one line."""
+    args = parser(description).parse_args(argv)
+    try:
+        config = load_config(args.config, args.set, args.out)
+        if args.device:
+            config["device"] = args.device
+        outcome = run_stage(stage, build_task, config, max_minutes=args.max_minutes)
+    except SlimDiffSRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0 if outcome.finished else 3
+
+
+def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], dataset: Optional[Dataset] = None,
+              max_minutes: Optional[float] = None) -> Outcome:
+    """Train one stage as `config` says; `dataset` replaces the configured training data (tests)."""
+    processes = distributed.start(config.get("device", "auto"))
+    try:
+        loop = loop_config(config, stage)
+        task = build_task(config, processes)
+        if dataset is None:
+            from .inputs import training_dataset
+
+            dataset = training_dataset(config)
+        batches = seeded_batches(dataset, loop.batch_size, loop.grad_accum, loop.seed, loop.num_workers)
+        provenance = {
+            "stage": stage,
+            "hardware": f"{processes.world_size} x {_device_name(processes.device)}",
+            "host": platform.node(),
+            "torch": torch.__version__,
+        }
+        return train(task, loop, batches, stage_dir(config, stage), processes, max_minutes, provenance)
+    finally:
+        distributed.stop(processes)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()})"

@@ -1,0 +1,74 @@
+"""Read a training YAML config, apply command-line overrides, and find each stage's folder and inputs.
+
+One file describes the whole chain (data, backbone, the three stages,
+evaluation), so the stages agree on scale, data and where each stage's
+product is; `--set section.key=value` changes one value for one run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from backend.errors import BadInput
+
+from .loop import LoopConfig
+
+STAGE_FOLDERS = {"uncertainty": "uncertainty", "teacher": "teacher", "student": "student", "evaluate": "evaluation"}
+PRODUCTS = {"uncertainty": "uncertainty.safetensors", "teacher": "teacher.safetensors", "student": "student.safetensors"}
+
+
+def load_config(path: Path, overrides: Sequence[str] = (), output_dir: Optional[str] = None) -> dict[str, Any]:
+    """The config as a dict; overrides are "a.b=value" with value parsed as YAML."""
+    if not Path(path).is_file():
+        raise BadInput(f"training config {path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"override {item!r} must look like section.key=value")
+        target = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise BadInput(f"override {item!r}: {part!r} is not a section")
+        target[leaf] = yaml.safe_load(value)
+    if output_dir is not None:
+        config["output_dir"] = output_dir
+    for required in ("output_dir", "scale"):
+        if required not in config:
+            raise BadInput(f"training config {path} has no {required!r}")
+    return config
+
+
+def section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A top-level section (empty dict when absent)."""
+    value = config.get(name) or {}
+    if not isinstance(value, dict):
+        raise BadInput(f"config section {name!r} must be a mapping")
+    return value
+
+
+def stage_dir(config: dict[str, Any], stage: str) -> Path:
+    """Where a stage writes checkpoints, logs and its product."""
+    return Path(config["output_dir"]) / STAGE_FOLDERS[stage]
+
+
+def product_path(config: dict[str, Any], stage: str, explicit: Optional[str] = None) -> Path:
+    """A stage's product: the path the config gives, else the file the stage writes in its folder."""
+    return Path(explicit) if explicit else stage_dir(config, stage) / PRODUCTS[stage]
+
+
+def loop_config(config: dict[str, Any], stage: str) -> LoopConfig:
+    """The stage's `loop` subsection as a LoopConfig; unknown keys are an error."""
+    values = dict(section(section(config, stage), "loop"))
+    try:
+        return LoopConfig(**values)
+    except TypeError as exc:
+        raise BadInput(f"config section {stage}.loop: {exc}") from None

@@ -1,0 +1,59 @@
+"""The reconstruction objective both the teacher and the student train with: L1 + w·perceptual + w·GAN.
+
+Weights default to the paper's 1, 2.5 and 0.25 (Eq. 20-21). The module keeps
+the last real and generated images so the loop can train the discriminator on
+them right after the generator's step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adversarial import build_discriminator, discriminator_hinge, generator_hinge
+from .perceptual import build_perceptual
+
+DEFAULT_WEIGHTS = {"l1": 1.0, "perceptual": 2.5, "gan": 0.25}
+
+
+class Reconstruction:
+    """Loss terms between a generated HR image and the real one; `critic` is None when the GAN weight is 0."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        weights = {**DEFAULT_WEIGHTS, **(settings.get("weights") or {})}
+        self.l1_weight = float(weights["l1"])
+        self.perceptual_weight = float(weights["perceptual"])
+        self.gan_weight = float(weights["gan"])
+        self.notes: list[str] = []
+        self.perceptual: Optional[nn.Module] = None
+        if self.perceptual_weight > 0:
+            self.perceptual, note = build_perceptual(settings.get("lpips_weights"))
+            self.notes.append(note)
+        self.critic: Optional[nn.Module] = None
+        if self.gan_weight > 0:
+            self.critic, note = build_discriminator(settings.get("dino_folder"), int(settings.get("discriminator_width", 64)))
+            self.notes.append(note)
+        self._pair: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def to(self, device: torch.device) -> None:
+        if self.perceptual is not None:
+            self.perceptual.to(device)
+
+    def generator_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted terms (keys l1, perceptual, gan) whose sum the generator minimises."""
+        terms = {"l1": self.l1_weight * F.l1_loss(fake, real)}
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual_weight * self.perceptual(fake, real)
+        if self.critic is not None:
+            terms["gan"] = self.gan_weight * generator_hinge(self.critic(fake))
+            self._pair = (real.detach(), fake.detach())
+        return terms
+
+    def critic_terms(self) -> dict[str, torch.Tensor]:
+        """The discriminator's hinge loss on the images of the last `generator_terms` call."""
+        real, fake = self._pair
+        loss = discriminator_hinge(self.critic(real), self.critic(fake))
+        return {"total": loss}

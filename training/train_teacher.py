@@ -1,0 +1,92 @@
+"""Stage 1 entry point: train the uncertainty-guided single-step teacher and write teacher.safetensors.
+
+    python -m training.train_teacher --config training/configs/tiny_cpu.yaml
+
+Needs the stage-0 estimator (`teacher.uncertainty_weights`, default: the
+uncertainty stage's product). Loss: L1 + 2.5·LPIPS + 0.25·GAN + λ_TV·TV(ᾱ)
+(Eq. 20-22); LoRA adapters, the noise-level predictor and the discriminator train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from . import cli
+from .backbone import load_backbone, upsample_bicubic
+from .config import product_path, section
+from .distributed import Processes
+from .loop import Task
+from .losses import total_variation
+from .reconstruction import Reconstruction
+from .teacher import Teacher, TeacherConfig, save_teacher
+from .uncertainty import load_uncertainty
+
+
+class TeacherTask(Task):
+    """LoRA fine-tuning of the diffusion backbone into a one-step SR teacher."""
+
+    name = "teacher"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        settings = section(config, "teacher")
+        backbone_section = section(config, "backbone")
+        self.backbone = load_backbone(backbone_section.get("source", "tiny"), backbone_section.get("prediction_type", "epsilon"))
+        estimator_path = product_path(config, "uncertainty", settings.get("uncertainty_weights"))
+        self.estimator = load_uncertainty(estimator_path)
+        self.scale = int(config["scale"])
+        self.teacher_config = TeacherConfig(**section(settings, "model"))
+        self.generator = Teacher(self.backbone, self.teacher_config)
+        self.tv_weight = float(settings.get("tv_weight", 0.01))
+        self.reconstruction = Reconstruction(settings)
+        self.critic = self.reconstruction.critic
+        trainable = sum(p.numel() for p in self.generator.parameters() if p.requires_grad)
+        self.notes += self.backbone.notes + self.reconstruction.notes + [
+            f"uncertainty estimator: {estimator_path}",
+            f"teacher: LoRA rank {self.teacher_config.unet_lora_rank} (UNet) / {self.teacher_config.vae_lora_rank} "
+            f"(VAE decoder); {trainable} trainable parameters; prediction_type {self.backbone.prediction_type}",
+            "teacher: spatial t* handled as mean t* for the UNet's time embedding and per-pixel ᾱ in the one-step "
+            "update; losses.csv column t_spread is the mean per-map standard deviation of t* this ignores",
+        ]
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self.estimator.to(device)
+        self.reconstruction.to(device)
+
+    def generator_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hr = batch["hr"]
+        z_gt = self.generator.encode(hr)
+        z_lr = self.generator.encode(upsample_bicubic(batch["lr"], self.scale))
+        with torch.no_grad():
+            _, log_var = self.estimator(z_lr)
+        out = self.generator(z_lr, z_gt, log_var.exp())
+        terms = self.reconstruction.generator_terms(out["hr"], hr)
+        terms["tv"] = self.tv_weight * total_variation(out["alpha_bar"])
+        total = sum(terms.values())
+        t_map = out["t_map"].detach()
+        return {"total": total, **terms, "t_mean": t_map.mean(), "t_spread": t_map.flatten(1).std(dim=1).mean()}
+
+    def critic_losses(self) -> dict[str, torch.Tensor]:
+        return self.reconstruction.critic_terms()
+
+    def export(self, directory: Path, weights: dict[str, torch.Tensor], provenance: dict[str, str]) -> Path:
+        path = directory / "teacher.safetensors"
+        notes = {"run_log": " | ".join(self.notes)}
+        save_teacher(path, weights, self.estimator, self.teacher_config, self.backbone, {**provenance, **notes})
+        return path
+
+
+def build_task(config: dict[str, Any], processes: Processes) -> TeacherTask:
+    return TeacherTask(config)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.main("teacher", build_task, "Stage 1: train the uncertainty-guided single-step teacher.", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
