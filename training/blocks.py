@@ -51,13 +51,14 @@ def check_separation(blocks: dict[str, list[Block]], gap: int) -> None:
 
 
 def split_scene(width: int, height: int, *, cell: int, gap: int, seed: int,
-                usable: np.ndarray | None = None, held_out_fraction: float = 0.15,
-                min_side: int | None = None) -> dict[str, list[Block]]:
+                usable: np.ndarray | None = None, excluded: np.ndarray | None = None,
+                held_out_fraction: float = 0.15, min_side: int | None = None) -> dict[str, list[Block]]:
     """Blocks of each role for a `width` x `height` scene.
 
     cell: nominal grid cell side in pixels (cells absorb the remainder, so the
         grid covers the scene). usable: [rows, cols] bool grid (see `grid_shape`);
-        held-out cells are drawn only among usable cells. held_out_fraction:
+        held-out cells are drawn only among usable cells. excluded: [rows, cols]
+        bool grid of cells that get no role (e.g. nodata collars). held_out_fraction:
         share of usable cells for validation and again for test (at least one
         each). min_side: blocks trimmed below this side are dropped (default: gap).
     Raises ValueError when the scene has fewer than three usable cells: such a
@@ -65,8 +66,10 @@ def split_scene(width: int, height: int, *, cell: int, gap: int, seed: int,
     """
     rows, cols = grid_shape(width, height, cell)
     usable = np.ones((rows, cols), bool) if usable is None else np.asarray(usable, bool)
-    if usable.shape != (rows, cols):
-        raise ValueError(f"usable grid has shape {usable.shape}, expected {(rows, cols)}")
+    excluded = np.zeros((rows, cols), bool) if excluded is None else np.asarray(excluded, bool)
+    if usable.shape != (rows, cols) or excluded.shape != (rows, cols):
+        raise ValueError(f"usable/excluded grids have shapes {usable.shape}/{excluded.shape}, expected {(rows, cols)}")
+    usable = usable & ~excluded
     candidates = np.flatnonzero(usable.ravel())
     if candidates.size < 3:
         raise ValueError(f"a {width}x{height} scene has {candidates.size} usable cells of {cell} px; "
@@ -77,6 +80,7 @@ def split_scene(width: int, height: int, *, cell: int, gap: int, seed: int,
     roles = np.full(rows * cols, "train", dtype=object)
     roles[order[:held]] = "test"
     roles[order[held:2 * held]] = "validation"
+    roles[excluded.ravel()] = None
     roles = roles.reshape(rows, cols)
 
     xs = np.linspace(0, width, cols + 1).round().astype(int)
@@ -86,11 +90,13 @@ def split_scene(width: int, height: int, *, cell: int, gap: int, seed: int,
     for r in range(rows):
         for c in range(cols):
             role = roles[r, c]
+            if role is None:
+                continue
             x0, x1, y0, y1 = xs[c], xs[c + 1], ys[r], ys[r + 1]
             for dr in (-1, 0, 1):
                 for dc in (-1, 0, 1):
                     nr, nc = r + dr, c + dc
-                    if (dr, dc) == (0, 0) or not (0 <= nr < rows and 0 <= nc < cols):
+                    if (dr, dc) == (0, 0) or not (0 <= nr < rows and 0 <= nc < cols) or roles[nr, nc] is None:
                         continue
                     if _PRIORITY[roles[nr, nc]] <= _PRIORITY[role]:
                         continue

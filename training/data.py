@@ -1,0 +1,256 @@
+"""Training and evaluation samples from real scenes: seeded HR crops of the chosen blocks and their LR inputs.
+
+A scene is any GDAL-readable image (GeoTIFF, PNG, ...; uint8 or uint16; any
+band count with a 1-based band mapping) with blocks per role, from the data
+manifest (`training.data_sources`) or a plain folder. Values are mapped to
+[0, 1] with `backend.normalisation`, resolved once per scene from a decimated
+read, the same rule the engine applies to a user's window, so the model sees
+at training time what it sees at inference time; `CropDataset.normalisation_spec`
+is the spec to record in the weights' metadata. HR crops are clipped to [0, 1],
+the range the model can produce.
+
+Crops are drawn sensor first (sensors mixed equally), then scene and block by
+area, then position; crops with nodata or with too many cloud-bright pixels are
+redrawn. Item `i` depends only on (seed, i), so a run is reproducible whatever
+the number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from osgeo import gdal
+
+from backend.normalisation import Normalisation, resolve
+from backend.raster import STRETCH_SAMPLE_SIDE, map_bands
+
+from .blocks import ROLES, Block, whole_scene
+from .degradation import DegradationSettings, bicubic_downsample, degrade
+
+gdal.UseExceptions()
+
+DEFAULT_SPEC = "percentile:2,98"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# A pixel is "cloud-bright" when its darkest channel is above this, after the scene's stretch.
+BRIGHT_LEVEL = 0.9
+# Crops with a larger share of cloud-bright pixels are redrawn.
+MAX_BRIGHT_SHARE = 0.1
+MAX_DRAWS = 30
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """A scene file, its band mapping and nodata, and its blocks per role (pixel rectangles)."""
+
+    name: str
+    path: Path
+    sensor: str
+    bands: tuple[int, int, int] = (1, 2, 3)
+    nodata: Optional[float] = None
+    blocks: dict[str, list[Block]] = field(default_factory=dict)
+
+
+def scenes_from_manifest(manifest: Path) -> list[SceneRef]:
+    """The scenes listed in a data manifest (paths relative to the manifest's folder)."""
+    content = json.loads(Path(manifest).read_text())
+    scenes = []
+    for entry in content["scenes"]:
+        blocks = {role: [Block(*b) for b in entry["blocks"].get(role, [])] for role in ROLES}
+        scenes.append(SceneRef(entry["name"], Path(manifest).parent / entry["file"], entry["sensor"],
+                               nodata=entry.get("nodata"), blocks=blocks))
+    return scenes
+
+
+def scenes_from_folder(folder: Path, bands: Optional[Sequence[int]] = None, role: str = "train",
+                       sensor: Optional[str] = None) -> list[SceneRef]:
+    """Every image in `folder` (sorted), each whole in one role; sensor defaults to the folder's name."""
+    scenes = []
+    for path in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        ds = gdal.Open(str(path))
+        mapped = map_bands(ds.RasterCount, tuple(bands) if bands else None, str(path))
+        nodata = ds.GetRasterBand(mapped[0]).GetNoDataValue()
+        scenes.append(SceneRef(path.stem, path, sensor or Path(folder).name, mapped, nodata,
+                               whole_scene(ds.RasterXSize, ds.RasterYSize, role)))
+        ds = None
+    if not scenes:
+        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return scenes
+
+
+def read_decimated(ds: gdal.Dataset, bands: Sequence[int], side: int = STRETCH_SAMPLE_SIDE) -> np.ndarray:
+    """[C, h, w] of the whole raster read at most `side` pixels a side (GDAL nearest decimation)."""
+    factor = max(1.0, max(ds.RasterXSize, ds.RasterYSize) / side)
+    width, height = max(1, int(ds.RasterXSize / factor)), max(1, int(ds.RasterYSize / factor))
+    return np.stack([ds.GetRasterBand(b).ReadAsArray(buf_xsize=width, buf_ysize=height) for b in bands])
+
+
+def nodata_mask(values: np.ndarray, nodata: Optional[float]) -> np.ndarray:
+    """[H, W] True where any channel equals the nodata value."""
+    if nodata is None:
+        return np.zeros(values.shape[1:], bool)
+    return (values == nodata).any(axis=0)
+
+
+def invalid_mask(values: np.ndarray, nodata: Optional[float], spec: str = DEFAULT_SPEC) -> np.ndarray:
+    """[H, W] True for nodata or cloud-bright pixels of raw [C, H, W] values, stretched by `spec` over them."""
+    missing = nodata_mask(values, nodata)
+    stretched = resolve(spec, values, ~missing).apply(values)
+    return missing | (stretched.min(axis=0) > BRIGHT_LEVEL)
+
+
+class SceneReader:
+    """Reads windows of scenes as normalised float arrays; opens each file once per process."""
+
+    def __init__(self, scenes: Sequence[SceneRef], spec: str = DEFAULT_SPEC):
+        self.scenes = list(scenes)
+        self.spec = spec
+        self._datasets: dict[str, gdal.Dataset] = {}
+        self._normalisations: dict[str, Normalisation] = {}
+
+    def __getstate__(self) -> dict:
+        # GDAL datasets cannot be pickled into data-loader workers; each worker reopens.
+        return {**self.__dict__, "_datasets": {}}
+
+    def dataset(self, scene: SceneRef) -> gdal.Dataset:
+        if scene.name not in self._datasets:
+            self._datasets[scene.name] = gdal.Open(str(scene.path))
+        return self._datasets[scene.name]
+
+    def normalisation(self, scene: SceneRef) -> Normalisation:
+        """The scene's normalisation, resolved once from a decimated read of its valid pixels."""
+        if scene.name not in self._normalisations:
+            sample = read_decimated(self.dataset(scene), scene.bands)
+            self._normalisations[scene.name] = resolve(self.spec, sample, ~nodata_mask(sample, scene.nodata))
+        return self._normalisations[scene.name]
+
+    def read(self, scene: SceneRef, x: int, y: int, width: int,
+             height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised [3, h, w] float32 values clipped to [0, 1], and [h, w] nodata and cloud-bright masks."""
+        ds = self.dataset(scene)
+        raw = np.stack([ds.GetRasterBand(b).ReadAsArray(x, y, width, height) for b in scene.bands])
+        missing = nodata_mask(raw, scene.nodata)
+        values = self.normalisation(scene).apply(raw)
+        bright = values.min(axis=0) > BRIGHT_LEVEL
+        return np.clip(values, 0.0, 1.0), missing, bright
+
+
+def make_lr(hr: torch.Tensor, scale: int, degraded: bool, generator: torch.Generator,
+            settings: DegradationSettings = DegradationSettings()) -> torch.Tensor:
+    """LR for a [B, 3, H, W] HR batch: the Real-ESRGAN degradation, or clean bicubic downsampling."""
+    if degraded:
+        return degrade(hr, scale, generator, settings)
+    return bicubic_downsample(hr, scale).clamp(0.0, 1.0)
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random, augmented HR crops of one role's blocks with their LR; item i is fixed by (seed, i).
+
+    Items are dicts: "hr" [3, crop, crop] and "lr" [3, crop/scale, crop/scale]
+    float tensors in [0, 1], "sensor" and "scene" names, the crop's scene pixel
+    offset "x", "y" (before augmentation), "degraded" (bool).
+    degraded_fraction: share of items whose LR comes from the Real-ESRGAN
+    degradation instead of clean bicubic downsampling.
+    """
+
+    def __init__(self, scenes: Sequence[SceneRef], *, crop: int = 128, scale: int = 4, role: str = "train",
+                 length: int = 10_000, seed: int = 0, spec: str = DEFAULT_SPEC, degraded_fraction: float = 0.0,
+                 degradation: DegradationSettings = DegradationSettings(), augment: bool = True):
+        if crop % scale:
+            raise ValueError(f"crop {crop} is not a multiple of the scale {scale}")
+        self.reader = SceneReader(scenes, spec)
+        self.crop, self.scale, self.length, self.seed = crop, scale, length, seed
+        self.degraded_fraction, self.degradation, self.augment = degraded_fraction, degradation, augment
+        self.choices = _choices(scenes, role, crop)
+        if not self.choices:
+            raise ValueError(f"no {role} block of the given scenes holds a {crop} px crop")
+        self.sensors = sorted(self.choices)
+
+    @property
+    def normalisation_spec(self) -> str:
+        """The spec string to store as the weights' meta["normalisation"]."""
+        return self.reader.spec
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index])
+        best = None
+        for _ in range(MAX_DRAWS):
+            scene, x, y = self._draw(rng)
+            values, missing, bright = self.reader.read(scene, x, y, self.crop, self.crop)
+            badness = float(missing.any()) + bright.mean()
+            if best is None or badness < best[0]:
+                best = (badness, scene, x, y, values)
+            if not missing.any() and bright.mean() <= MAX_BRIGHT_SHARE:
+                break
+        _, scene, x, y, values = best
+        if self.augment:
+            values = augment(values, rng)
+        hr = torch.from_numpy(np.ascontiguousarray(values))
+        degraded = bool(rng.random() < self.degraded_fraction)
+        generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        lr = make_lr(hr[None], self.scale, degraded, generator, self.degradation)[0]
+        return {"hr": hr, "lr": lr, "sensor": scene.sensor, "scene": scene.name, "x": x, "y": y,
+                "degraded": degraded}
+
+    def _draw(self, rng: np.random.Generator) -> tuple[SceneRef, int, int]:
+        sensor = self.sensors[rng.integers(len(self.sensors))]
+        options = self.choices[sensor]
+        weights = np.array([b.width * b.height for _, b in options], dtype=np.float64)
+        scene, block = options[rng.choice(len(options), p=weights / weights.sum())]
+        x = block.x + int(rng.integers(block.width - self.crop + 1))
+        y = block.y + int(rng.integers(block.height - self.crop + 1))
+        return scene, x, y
+
+
+def _choices(scenes: Sequence[SceneRef], role: str, crop: int) -> dict[str, list[tuple[SceneRef, Block]]]:
+    """Per sensor, the (scene, block) pairs of `role` that hold at least one crop."""
+    choices: dict[str, list[tuple[SceneRef, Block]]] = {}
+    for scene in scenes:
+        for block in scene.blocks.get(role, []):
+            if block.width >= crop and block.height >= crop:
+                choices.setdefault(scene.sensor, []).append((scene, block))
+    return choices
+
+
+def augment(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One of the 8 flips/90-degree rotations of a [C, H, W] crop, drawn from `rng`."""
+    values = np.rot90(values, k=int(rng.integers(4)), axes=(1, 2))
+    return values[:, :, ::-1] if rng.random() < 0.5 else values
+
+
+@dataclass(frozen=True)
+class EvaluationTile:
+    """One HR evaluation tile and where it comes from."""
+
+    scene: str
+    sensor: str
+    x: int
+    y: int
+    hr: np.ndarray  # [3, tile, tile] float32 in [0, 1]
+
+
+def evaluation_tiles(scenes: Sequence[SceneRef], role: str = "validation", tile: int = 128,
+                     spec: str = DEFAULT_SPEC) -> Iterator[EvaluationTile]:
+    """Non-overlapping tiles of every `role` block, in scene and raster order, without augmentation.
+
+    Tiles with nodata or more than MAX_BRIGHT_SHARE cloud-bright pixels are
+    skipped, the same rule as for training crops. Deterministic: no RNG.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    reader = SceneReader(scenes, spec)
+    for scene in scenes:
+        for block in scene.blocks.get(role, []):
+            for y in range(block.y, block.y + block.height - tile + 1, tile):
+                for x in range(block.x, block.x + block.width - tile + 1, tile):
+                    values, missing, bright = reader.read(scene, x, y, tile, tile)
+                    if missing.any() or bright.mean() > MAX_BRIGHT_SHARE:
+                        continue
+                    yield EvaluationTile(scene.name, scene.sensor, x, y, values)
