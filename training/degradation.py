@@ -44,13 +44,16 @@ class StageSettings:
     """Resize, noise and JPEG of one degradation stage (Real-ESRGAN defaults, stage 1).
 
     resize_probabilities: up, down, keep. resize_range: scale factor range
-    (up draws from [1, hi], down from [lo, 1]). noise_range is the Gaussian
+    (up draws from [1, hi], down from [lo, 1]); the second stage's factor is
+    relative to the LR size, so even "keep" brings it to HR/scale there.
+    resize_modes: interpolations drawn from with equal chance. noise_range is the Gaussian
     sigma in 8-bit levels; otherwise Poisson noise scaled by poisson_range.
     """
 
     blur: BlurSettings = BlurSettings()
     resize_probabilities: tuple[float, float, float] = (0.2, 0.7, 0.1)
     resize_range: tuple[float, float] = (0.15, 1.5)
+    resize_modes: tuple[str, ...] = RESIZE_MODES
     noise_probability: float = 1.0
     gaussian_noise_probability: float = 0.5
     noise_range: tuple[float, float] = (1.0, 30.0)
@@ -118,7 +121,7 @@ def _stage(images: torch.Tensor, stage: StageSettings, generator: torch.Generato
     low, high = stage.resize_range
     factor = (_uniform(1.0, high, generator) if direction == 0
               else _uniform(low, 1.0, generator) if direction == 1 else 1.0)
-    mode = RESIZE_MODES[_choice(3, (1, 1, 1), generator)]
+    mode = stage.resize_modes[_choice(len(stage.resize_modes), [1] * len(stage.resize_modes), generator)]
     size = tuple(max(1, v) for v in size_for(factor))
     out = _resize(out, size, mode).clamp(0.0, 1.0)
     out = add_noise(out, stage, generator)
