@@ -30,14 +30,15 @@ class TinyBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Sequential(
-            conv3x3(channels, channels), nn.ReLU(),
-            conv3x3(channels, channels), nn.ReLU(),
+            conv3x3(channels, channels), nn.ReLU(inplace=True),
+            conv3x3(channels, channels), nn.ReLU(inplace=True),
             conv3x3(channels, channels),
         )
-        self.fuse = nn.ReLU()
+        self.fuse = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.conv(x) + x)
+        # In place: at HR size every 64-channel copy is large, and none of these is needed for backward.
+        return self.fuse(self.conv(x).add_(x))
 
 
 class TinyEncoder(nn.Module):
@@ -76,7 +77,7 @@ class TinyDecoder(nn.Module):
         super().__init__()
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         index = 1  # TAESD's layer 0, the 4->64 conv, is the UNet's fused output conv now
-        layers[str(index)] = nn.ReLU()
+        layers[str(index)] = nn.ReLU(inplace=True)
         stages = tuple(reversed(BLOCKS_PER_STAGE))
         for stage, blocks in enumerate(stages):
             for _ in range(blocks):

@@ -1,0 +1,106 @@
+"""Seconds per 512x512 x4 output and output megapixels/s: student (both encoder layouts), RRDBNet, bicubic.
+
+Run: .venv/bin/python -m benchmarks.speed [--repeats 3] [--threads N] [--device cuda --dtype float16]
+All models run in one process on the same input, interleaved, so background load
+hits them alike; each figure is the fastest of the repeats (the least disturbed run).
+Weights are random: speed does not depend on them. GMACs are counted from a forward
+pass on the meta device (torch.utils.flop_counter; a MAC is two FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from backend.models import StudentConfig, build
+from backend.models.bicubic import BicubicUpscaler
+from benchmarks.rrdbnet import RRDBNet
+
+OUTPUT_SIZE = 512
+SCALE = 4
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def candidates() -> list[tuple[str, Callable[[], nn.Module]]]:
+    """(label, constructor) of every model in the table; RRDBNet is the reference row."""
+    return [
+        ("SlimDiffSR paper preset, encoder=hr", lambda: build(StudentConfig.paper(SCALE))),
+        ("SlimDiffSR paper preset, encoder=lr", lambda: build(StudentConfig.paper(SCALE).replace(encoder="lr"))),
+        ("RRDBNet (Real-ESRGAN x4plus dims)", RRDBNet),
+        ("bicubic", lambda: BicubicUpscaler(SCALE)),
+    ]
+
+
+def gmacs(make: Callable[[], nn.Module], lr_size: int) -> float:
+    """Multiply-accumulates of one forward pass, in billions, counted on the meta device."""
+    with torch.device("meta"):
+        model = make()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, lr_size, lr_size))
+    return counter.get_total_flops() / 2e9
+
+
+def timed(model: nn.Module, lr: torch.Tensor, device: torch.device, dtype: torch.dtype) -> float:
+    """Wall seconds of one forward pass (synchronised on CUDA)."""
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast:
+        model(lr)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    lr_size = OUTPUT_SIZE // SCALE
+    lr = torch.rand(1, 3, lr_size, lr_size, device=device).to(memory_format=memory_format)
+
+    rows = []
+    for label, make in candidates():
+        model = make().eval().to(device=device, memory_format=memory_format)
+        rows.append([label, model, sum(p.numel() for p in model.parameters()), gmacs(make, lr_size), []])
+    for row in rows:
+        timed(row[1], lr, device, dtype)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+    for _ in range(args.repeats):
+        for row in rows:
+            row[4].append(timed(row[1], lr, device, dtype))
+
+    reference = next(min(row[4]) for row in rows if row[0].startswith("RRDBNet"))
+    print(
+        f"x{SCALE}, {lr_size}x{lr_size} -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, device={device}, dtype={args.dtype}, "
+        f"threads={torch.get_num_threads()}, channels_last={args.channels_last}, best of {args.repeats}"
+    )
+    print(f"{'model':<38} {'params':>9} {'GMACs':>8} {f's/{OUTPUT_SIZE}^2':>9} {'out MP/s':>9} {'vs RRDBNet':>10}")
+    for label, _, params, macs, times in rows:
+        best = min(times)
+        print(
+            f"{label:<38} {params / 1e6:8.2f}M {macs:8.1f} {best:9.3f} "
+            f"{OUTPUT_SIZE * OUTPUT_SIZE / 1e6 / best:9.3f} {reference / best:9.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
