@@ -8,8 +8,8 @@ PLUGIN_DIR = Path(__file__).resolve().parent
 
 
 def icon_path(name: str) -> str:
-    """Path of icon `name`: the zip puts icons in the plugin's icons/, a checkout keeps them in resources/icons/."""
-    for folder in (PLUGIN_DIR / "icons", PLUGIN_DIR.parent / "resources" / "icons"):
+    """Path of icon `name`: the zip puts icons in the plugin's resources/icons/, a checkout in the repo's."""
+    for folder in (PLUGIN_DIR / "resources" / "icons", PLUGIN_DIR.parent / "resources" / "icons"):
         if (folder / name).is_file():
             return str(folder / name)
     return ""

@@ -64,6 +64,15 @@ def windows_python_beside(executable: str, exec_prefix: str) -> list[Path]:
             Path(exec_prefix) / "python.exe"]
 
 
+def prepared_interpreters(profile_dir: Path, plugin_dir: Path, windows: bool) -> list[Path]:
+    """Interpreters made for the backend: the first-run venv, then a checkout's `.venv`."""
+    candidates = [venv_python(first_run_venv(profile_dir), windows)]
+    root = checkout_root(plugin_dir)
+    if root is not None:
+        candidates.append(venv_python(root / ".venv", windows))
+    return candidates
+
+
 def find_backend_python(configured: str, profile_dir: Path, plugin_dir: Path, executable: str,
                         exec_prefix: str, windows: bool,
                         exists: Callable[[Path], bool] = Path.is_file,
@@ -75,10 +84,7 @@ def find_backend_python(configured: str, profile_dir: Path, plugin_dir: Path, ex
     """
     if configured:
         return configured
-    candidates = [venv_python(first_run_venv(profile_dir), windows)]
-    root = checkout_root(plugin_dir)
-    if root is not None:
-        candidates.append(venv_python(root / ".venv", windows))
+    candidates = prepared_interpreters(profile_dir, plugin_dir, windows)
     if windows:
         candidates.extend(windows_python_beside(executable, exec_prefix))
     for candidate in candidates:
@@ -91,6 +97,16 @@ def find_backend_python(configured: str, profile_dir: Path, plugin_dir: Path, ex
     raise InterpreterNotFound(
         f"no Python interpreter for the SlimDiffSR backend was found (looked at: {looked}). "
         "Use 'Set up backend' in the SlimDiffSR panel, or choose an interpreter in its settings.")
+
+
+def backend_is_set_up(configured: str, profile_dir: Path, plugin_dir: Path, windows: bool,
+                      exists: Callable[[Path], bool] = Path.is_file) -> bool:
+    """True when a backend interpreter was chosen or made for us (setting, first-run venv, checkout venv).
+
+    QGIS's own Python or a `python3` on the PATH may still lack torch, so they
+    do not count: the panel then offers first-run set-up up front.
+    """
+    return bool(configured) or any(exists(c) for c in prepared_interpreters(profile_dir, plugin_dir, windows))
 
 
 def clean_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,346 @@
+"""The dock panel: pick a raster, extent, scale, weights and device, then super-resolve it with one click.
+
+The panel only gathers choices and shows outcomes: it builds the request with
+the shared `build_request`, runs it in a `SuperResolveTask` on the shared
+client, and adds the result in the task's `finished()` on the main thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsMapLayerProxyModel, QgsProject,
+                       QgsRasterLayer, QgsRectangle)
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                                 QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from .client import BackendClient
+from .plan_check import describe_plan
+from .request_builder import (LayerNotAFile, build_request, default_output_path, layer_file_path, parse_bands,
+                              result_layer_name)
+from .result_layer import add_result_layer
+from .settings import DEVICES, PluginSettings, load_settings, save_settings
+from .task import SuperResolveTask
+
+EXTENT_CANVAS, EXTENT_LAYER, EXTENT_DRAWN = "canvas", "layer", "drawn"
+EXTENT_CHOICES = ((EXTENT_CANVAS, "Current map view"), (EXTENT_LAYER, "Whole layer"),
+                  (EXTENT_DRAWN, "Drawn rectangle"))
+SCALES = (4, 8)
+# Failures that mean "there is no usable backend": the panel then offers set-up.
+SETUP_KINDS = ("not_found", "missing_torch", "missing_backend", "missing_dependency")
+
+
+class SuperResolveDock(QDockWidget):
+    """The SlimDiffSR panel; `open_setup` shows the first-run set-up dialog."""
+
+    def __init__(self, iface: Any, client: BackendClient, open_setup: Callable[[], None],
+                 backend_set_up: bool, parent: Optional[QWidget] = None) -> None:
+        super().__init__("SlimDiffSR super-resolution", parent)
+        self.setObjectName("SlimDiffSRDock")
+        self.iface = iface
+        self.client = client
+        self.task: Optional[SuperResolveTask] = None
+        self.last_layer: Optional[QgsRasterLayer] = None
+        self._open_setup = open_setup
+        self._drawn: Optional[tuple[QgsRectangle, QgsCoordinateReferenceSystem]] = None
+        self._previous_tool = None
+        self._input_layer_id = ""
+        self._extent_tool = QgsMapToolExtent(iface.mapCanvas())
+        self._extent_tool.extentChanged.connect(self._on_rectangle_drawn)
+        self.settings = load_settings()
+        self._build()
+        self.setup_box.setVisible(not backend_set_up)
+
+    # ----- layout -----
+    def _build(self) -> None:
+        body = QWidget(self)
+        column = QVBoxLayout(body)
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox(body)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow("Raster layer", self.layer_combo)
+
+        self.extent_combo = QComboBox(body)
+        for key, label in EXTENT_CHOICES:
+            self.extent_combo.addItem(label, key)
+        self.draw_button = QPushButton("Draw", body)
+        self.draw_button.setToolTip("Drag a rectangle on the map to super-resolve only that part")
+        self.draw_button.clicked.connect(self._start_drawing)
+        extent_row = QHBoxLayout()
+        extent_row.addWidget(self.extent_combo, 1)
+        extent_row.addWidget(self.draw_button)
+        form.addRow("Extent", extent_row)
+
+        self.scale_combo = QComboBox(body)
+        for scale in SCALES:
+            self.scale_combo.addItem(f"x{scale}", scale)
+        form.addRow("Scale", self.scale_combo)
+
+        self.bands_edit = QLineEdit(body)
+        self.bands_edit.setPlaceholderText("1,2,3 (band 1 for single-band rasters)")
+        self.bands_edit.setToolTip("Input bands fed to the model as red, green, blue, e.g. 4,3,2 for Sentinel-2")
+        form.addRow("Bands", self.bands_edit)
+
+        self.weights_widget = QgsFileWidget(body)
+        self.weights_widget.setFilter("Weights (*.safetensors)")
+        self.weights_widget.lineEdit().setPlaceholderText("shipped default weights")
+        self.weights_widget.setFilePath(self.settings.weights)
+        form.addRow("Weights", self.weights_widget)
+
+        self.device_combo = QComboBox(body)
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(self.settings.device)
+        form.addRow("Device", self.device_combo)
+
+        self.output_widget = QgsFileWidget(body)
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        self.output_widget.lineEdit().setPlaceholderText("automatic, in the output folder")
+        form.addRow("Output file", self.output_widget)
+        column.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.estimate_button = QPushButton("Estimate", body)
+        self.estimate_button.setToolTip("Show the output size, time and disk needed, without running")
+        self.run_button = QPushButton("Super-resolve", body)
+        self.run_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.setEnabled(False)
+        self.estimate_button.clicked.connect(lambda: self.start(plan_only=True))
+        self.run_button.clicked.connect(lambda: self.start(plan_only=False))
+        self.cancel_button.clicked.connect(self.cancel)
+        for button in (self.estimate_button, self.run_button, self.cancel_button):
+            buttons.addWidget(button)
+        column.addLayout(buttons)
+
+        self.progress_bar = QProgressBar(body)
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        column.addWidget(self.progress_bar)
+        self.status_label = QLabel("Choose a raster layer and press Super-resolve.", body)
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        column.addWidget(self.status_label)
+
+        self.setup_box = QGroupBox("Backend", body)
+        setup_column = QVBoxLayout(self.setup_box)
+        setup_label = QLabel("No SlimDiffSR backend is set up yet. Set-up makes a Python environment in your "
+                             "QGIS profile folder and installs PyTorch and the backend into it (one time, "
+                             "a few minutes).", self.setup_box)
+        setup_label.setWordWrap(True)
+        self.setup_button = QPushButton("Set up backend...", self.setup_box)
+        self.setup_button.clicked.connect(self._open_setup)
+        setup_column.addWidget(setup_label)
+        setup_column.addWidget(self.setup_button)
+        column.addWidget(self.setup_box)
+
+        column.addWidget(self._build_settings(body))
+        column.addStretch(1)
+        self.setWidget(body)
+
+    def _build_settings(self, parent: QWidget) -> QWidget:
+        box = QgsCollapsibleGroupBox("Settings", parent)
+        box.setCollapsed(True)
+        form = QFormLayout(box)
+        self.python_widget = QgsFileWidget(box)
+        self.python_widget.lineEdit().setPlaceholderText("found automatically")
+        self.python_widget.setFilePath(self.settings.backend_python)
+        form.addRow("Backend Python", self.python_widget)
+        self.folder_widget = QgsFileWidget(box)
+        self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder_widget.lineEdit().setPlaceholderText(str(self.settings.resolved_output_folder()))
+        self.folder_widget.setFilePath(self.settings.output_folder)
+        form.addRow("Output folder", self.folder_widget)
+        self.tile_spin = QSpinBox(box)
+        self.tile_spin.setRange(16, 4096)
+        self.tile_spin.setValue(self.settings.tile)
+        self.tile_spin.setToolTip("Input pixels per tile; smaller tiles need less memory")
+        form.addRow("Tile size", self.tile_spin)
+        self.overlap_spin = QSpinBox(box)
+        self.overlap_spin.setRange(0, 512)
+        self.overlap_spin.setValue(self.settings.overlap)
+        form.addRow("Tile overlap", self.overlap_spin)
+        self.torch_edit = QLineEdit(self.settings.torch_requirement, box)
+        self.torch_edit.setToolTip("What set-up asks pip for, e.g. torch==2.13.0 --index-url <a CUDA build index>")
+        form.addRow("PyTorch for set-up", self.torch_edit)
+        self.python_widget.fileChanged.connect(self._on_backend_python_changed)
+        for widget in (self.folder_widget,):
+            widget.fileChanged.connect(lambda _path: self.save_choices())
+        self.tile_spin.valueChanged.connect(lambda _value: self.save_choices())
+        self.overlap_spin.valueChanged.connect(lambda _value: self.save_choices())
+        self.torch_edit.editingFinished.connect(self.save_choices)
+        return box
+
+    # ----- choices -----
+    def current_settings(self) -> PluginSettings:
+        """The settings as the panel shows them now."""
+        return PluginSettings(
+            backend_python=self.python_widget.filePath().strip(),
+            weights=self.weights_widget.filePath().strip(),
+            device=self.device_combo.currentText(),
+            tile=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(),
+            output_folder=self.folder_widget.filePath().strip(),
+            torch_requirement=self.torch_edit.text().strip() or self.settings.torch_requirement,
+        )
+
+    def save_choices(self) -> None:
+        """Persist the panel's settings so the next session (and Processing defaults) start from them."""
+        self.settings = self.current_settings()
+        save_settings(self.settings)
+
+    def _on_backend_python_changed(self, _path: str) -> None:
+        self.save_choices()
+        # The next request starts the backend with the newly chosen interpreter.
+        self.client.stop()
+
+    def set_extent_source(self, key: str) -> None:
+        """Select canvas / layer / drawn by key."""
+        self.extent_combo.setCurrentIndex(self.extent_combo.findData(key))
+
+    def _start_drawing(self) -> None:
+        canvas = self.iface.mapCanvas()
+        self._previous_tool = canvas.mapTool()
+        canvas.setMapTool(self._extent_tool)
+        self.status_label.setText("Drag a rectangle on the map.")
+
+    def _on_rectangle_drawn(self, rectangle: QgsRectangle) -> None:
+        canvas = self.iface.mapCanvas()
+        self._drawn = (QgsRectangle(rectangle), canvas.mapSettings().destinationCrs())
+        self._extent_tool.clearRubberBand()
+        if self._previous_tool is not None:
+            canvas.setMapTool(self._previous_tool)
+        else:
+            canvas.unsetMapTool(self._extent_tool)
+        self.set_extent_source(EXTENT_DRAWN)
+        self.status_label.setText(f"Rectangle drawn: {rectangle.width():.6g} x {rectangle.height():.6g} map units.")
+
+    def _extent(self) -> tuple[Optional[QgsRectangle], Optional[QgsCoordinateReferenceSystem]]:
+        source = self.extent_combo.currentData()
+        if source == EXTENT_CANVAS:
+            canvas = self.iface.mapCanvas()
+            return canvas.extent(), canvas.mapSettings().destinationCrs()
+        if source == EXTENT_DRAWN:
+            if self._drawn is None:
+                raise ValueError("no rectangle is drawn yet: press Draw and drag a rectangle on the map")
+            return self._drawn
+        return None, None
+
+    def build_request(self) -> dict[str, Any]:
+        """The request for the current choices; raises LayerNotAFile or ValueError with a message to show."""
+        layer = self.layer_combo.currentLayer()
+        if layer is None:
+            raise ValueError("choose a raster layer first")
+        input_path = layer_file_path(layer)
+        scale = int(self.scale_combo.currentData())
+        settings = self.current_settings()
+        output = self.output_widget.filePath().strip()
+        if not output:
+            folder = settings.resolved_output_folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            output = str(default_output_path(folder, layer.name(), scale))
+        elif not output.lower().endswith((".tif", ".tiff")):
+            output += ".tif"
+        extent, extent_crs = self._extent()
+        return build_request(input_path=input_path, output_path=output, scale=scale, extent=extent,
+                             extent_crs=extent_crs, bands=parse_bands(self.bands_edit.text()),
+                             weights=settings.weights, device=settings.device, tile=settings.tile,
+                             overlap=settings.overlap)
+
+    # ----- running -----
+    def start(self, plan_only: bool = False) -> Optional[SuperResolveTask]:
+        """Start a run (or just the estimate) in the background; returns the task, or None if refused."""
+        if self.task is not None:
+            return None
+        try:
+            request = self.build_request()
+        except (LayerNotAFile, ValueError, OSError) as error:
+            self.show_status(f"Cannot start: {error}", error=True)
+            return None
+        self.save_choices()
+        self.last_layer = None
+        self._input_layer_id = self.layer_combo.currentLayer().id()
+        self.task = SuperResolveTask(self.client, request, self._on_finished, plan_only=plan_only)
+        self.task.planned.connect(self._on_planned)
+        self.task.tiles_done.connect(self._on_tiles)
+        self._set_running(True)
+        self.progress_bar.setValue(0)
+        self.show_status("Estimating..." if plan_only else "Starting the backend and checking the request...")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        """Ask the running task to stop; the backend stops between tiles and removes its partial output."""
+        if self.task is not None:
+            self.show_status("Cancelling...")
+            self.task.cancel()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.estimate_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_planned(self, plan: dict[str, Any]) -> None:
+        self.show_status(describe_plan(plan).capitalize())
+
+    def _on_tiles(self, done: int, total: int) -> None:
+        self.progress_bar.setValue(int(100 * done / max(total, 1)))
+        self.show_status(f"Super-resolving: tile {done} of {total}")
+
+    def _on_finished(self, task: SuperResolveTask, ok: bool) -> None:
+        self.task = None
+        self._set_running(False)
+        if task.plan_only and ok:
+            return
+        if ok and task.result is not None:
+            self._add_result(task)
+            return
+        self.progress_bar.setValue(0)
+        error = task.error
+        if error is None or error.kind == "cancelled":
+            self.show_status("Cancelled; no output was written.")
+            return
+        self.show_status(f"Failed: {error}", error=True)
+        if error.kind in SETUP_KINDS:
+            self.setup_box.setVisible(True)
+
+    def _add_result(self, task: SuperResolveTask) -> None:
+        result = task.result
+        source = QgsProject.instance().mapLayer(self._input_layer_id)
+        name = result_layer_name(source.name() if source is not None else Path(result["output"]).stem,
+                                 task.request["scale"])
+        try:
+            self.last_layer = add_result_layer(QgsProject.instance(), result["output"], name, source,
+                                               task.request["bands"])
+        except OSError as error:
+            self.show_status(f"Failed: {error}", error=True)
+            return
+        self.progress_bar.setValue(100)
+        notice = environment_notice(self.client.hello, task.request["device"])
+        self.show_status(f"Added '{name}': {result['width']} x {result['height']} px in {result['seconds']:.1f} s "
+                         f"on {result['device']}. Saved as {result['output']}." + (f" {notice}" if notice else ""))
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        """Show one status line (red for errors)."""
+        self.status_label.setStyleSheet("color: #b00020;" if error else "")
+        self.status_label.setText(text)
+
+    def shutdown(self) -> None:
+        """Stop any running task and release the map tool before the plugin unloads."""
+        if self.task is not None:
+            self.task.cancel()
+        canvas = self.iface.mapCanvas()
+        if canvas.mapTool() is self._extent_tool:
+            canvas.unsetMapTool(self._extent_tool)
+
+
+def environment_notice(hello: Optional[dict[str, Any]], device: str) -> str:
+    """A sentence when the user may expect a GPU but the backend has no usable CUDA; empty otherwise."""
+    environment = (hello or {}).get("environment", {})
+    if device == "auto" and environment and not environment.get("cuda", False):
+        return f"No usable GPU ({environment.get('cuda_detail', 'CUDA unavailable')}), so the CPU was used."
+    return ""
+

@@ -1,0 +1,196 @@
+"""The backend server's JSON-lines protocol, spoken directly to a real `python -m backend.server` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from plugin_fixtures import REPO, backend_python, write_rgb, write_tiny_weights
+
+WAIT = 60.0
+
+
+class RawServer:
+    """A backend process and a line queue fed by a reader thread, so every read has a timeout."""
+
+    def __init__(self, python: str = "") -> None:
+        self.process = subprocess.Popen([python or backend_python(), "-m", "backend.server"], cwd=REPO,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.raw_stdout: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.raw_stdout.append(line)
+            self.lines.put(line)
+
+    def send(self, message: dict) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def event(self) -> dict:
+        return json.loads(self.lines.get(timeout=WAIT))
+
+    def until(self, request_id, kinds=("result", "error")) -> list[dict]:
+        """Events of `request_id` up to and including the first one whose kind is in `kinds`."""
+        seen = []
+        while True:
+            event = self.event()
+            if event.get("id") == request_id:
+                seen.append(event)
+                if event["event"] in kinds:
+                    return seen
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=WAIT)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def server():
+    backend = RawServer()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict:
+    return {"raster": write_rgb(tmp_path / "in.tif", 48, 32), "weights": write_tiny_weights(tmp_path / "tiny.safetensors"),
+            "folder": tmp_path}
+
+
+def test_hello_names_protocol_package_and_library_versions(server):
+    hello = server.event()
+    assert hello["event"] == "hello" and hello["protocol"] == 1
+    environment = hello["environment"]
+    assert environment["package"] == hello["version"]
+    assert environment["torch"] and environment["gdal"] and "cuda" in environment
+
+
+def test_run_streams_progress_then_result_and_serves_many_requests_with_one_model(server, inputs):
+    server.event()
+    request = {"input": inputs["raster"], "weights": inputs["weights"], "tile": 16, "overlap": 2}
+    server.send({"id": 1, "op": "run", "output": str(inputs["folder"] / "a.tif"), **request})
+    first = server.until(1)
+    progress = [e for e in first if e["event"] == "progress"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"]
+    assert first[-1]["event"] == "result" and first[-1]["width"] == 48 * 4 and first[-1]["height"] == 32 * 4
+    server.send({"id": 2, "op": "plan", "output": str(inputs["folder"] / "b.tif"), **request})
+    plan = server.until(2, ("plan", "error"))[-1]
+    assert plan["event"] == "plan" and plan["tiles"] == first[-1]["tiles"]
+    assert plan["seconds_estimate"] is not None, "the estimate comes from the first run's time per tile"
+    server.send({"id": 3, "op": "run", "output": str(inputs["folder"] / "b.tif"), **request})
+    assert server.until(3)[-1]["event"] == "result"
+    assert Path(inputs["folder"] / "b.tif").is_file()
+
+
+def test_ping_and_info_are_answered_while_a_run_is_busy(server, inputs):
+    server.event()
+    raster = write_rgb(inputs["folder"] / "big.tif", 128, 96)
+    server.send({"id": 1, "op": "run", "input": raster, "output": str(inputs["folder"] / "o.tif"),
+                 "weights": inputs["weights"], "tile": 16, "overlap": 2})
+    while server.event().get("event") != "progress":
+        pass
+    server.send({"id": 2, "op": "ping"})
+    server.send({"id": 3, "op": "info"})
+    answers = {}
+    while len(answers) < 2 or 1 not in answers:
+        event = server.event()
+        if event["event"] in ("pong", "info", "result", "error"):
+            answers.setdefault(event["id"], event)
+    order = [event_id for event_id in answers]
+    assert order.index(2) < order.index(1) and order.index(3) < order.index(1), "ping/info waited for the run"
+    assert answers[3]["running"] == 1
+
+
+def test_cancel_stops_between_tiles_and_removes_the_partial_output(server, tmp_path):
+    server.event()
+    raster = write_rgb(tmp_path / "big.tif", 128, 96)
+    weights = write_tiny_weights(tmp_path / "tiny.safetensors")
+    output = tmp_path / "cancelled.tif"
+    server.send({"id": 7, "op": "run", "input": raster, "output": str(output), "weights": weights,
+                 "tile": 16, "overlap": 2})
+    first = server.until(7, ("progress", "result", "error"))[-1]
+    assert first["event"] == "progress"
+    server.send({"op": "cancel", "id": 7})
+    events = server.until(7)
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+    done = [e["done"] for e in events if e["event"] == "progress"]
+    assert not done or done[-1] < first["total"], "the run went on to the end"
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "tiny.safetensors"], "a partial file was left"
+
+
+def test_a_request_cancelled_while_queued_never_starts(server, inputs):
+    server.event()
+    request = {"input": inputs["raster"], "weights": inputs["weights"], "tile": 16, "overlap": 2}
+    server.send({"id": 1, "op": "run", "output": str(inputs["folder"] / "first.tif"), **request})
+    server.send({"id": 2, "op": "run", "output": str(inputs["folder"] / "second.tif"), **request})
+    server.send({"op": "cancel", "id": 2})
+    second = server.until(2)
+    assert [e["event"] for e in second] == ["error"] and second[0]["kind"] == "cancelled"
+    assert not (inputs["folder"] / "second.tif").exists()
+
+
+def test_bad_requests_are_error_events_and_the_server_keeps_serving(server, inputs):
+    server.event()
+    server.send({"id": 1, "op": "run", "input": inputs["raster"], "output": str(inputs["folder"] / "o.tif"),
+                 "weights": inputs["weights"], "bands": [1, 2, 9]})
+    error = server.until(1)[-1]
+    assert error["kind"] == "bad_input" and "band 9" in error["message"]
+    server.process.stdin.write("this is not json\n")
+    server.process.stdin.flush()
+    assert server.event()["kind"] == "protocol"
+    server.send({"id": 2, "op": "dance"})
+    assert "unknown op" in server.until(2)[-1]["message"]
+    server.send({"id": 3, "op": "run", "input": inputs["raster"], "output": str(inputs["folder"] / "o.tif"),
+                 "weights": inputs["weights"], "scale": 8})
+    assert "x4, not x8" in server.until(3)[-1]["message"], "weights trained for x4 refuse x8 clearly"
+    server.send({"id": 4, "op": "ping"})
+    assert server.until(4, ("pong",))[-1]["event"] == "pong"
+
+
+def test_shutdown_says_bye_and_exits_cleanly(server):
+    server.event()
+    server.send({"id": 9, "op": "shutdown"})
+    assert server.until(9, ("bye",))[-1]["event"] == "bye"
+    assert server.process.wait(timeout=WAIT) == 0
+
+
+def test_end_of_input_stops_the_server(server):
+    server.event()
+    server.process.stdin.close()
+    assert server.process.wait(timeout=WAIT) == 0
+
+
+def test_only_protocol_lines_reach_stdout_even_when_libraries_print():
+    script = ("import os; from backend.server import protocol_stream; out = protocol_stream(); "
+              "print('a library print'); os.write(1, b'a C library write\\n'); out.write('{}\\n'); out.flush()")
+    done = subprocess.run([backend_python(), "-c", script], cwd=REPO, capture_output=True, text=True, timeout=WAIT)
+    assert done.stdout == "{}\n"
+    assert "a library print" in done.stderr and "a C library write" in done.stderr
+
+
+def test_an_interpreter_without_torch_reports_the_missing_dependency(tmp_path):
+    python = "/usr/bin/python3"
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("the system Python has torch, so it cannot show a missing one")
+    backend = RawServer(python)
+    try:
+        event = backend.event()
+        assert event["event"] == "error" and event["kind"] == "missing_dependency" and event["missing"] == "torch"
+        assert backend.process.wait(timeout=WAIT) == 3
+    finally:
+        backend.close()
