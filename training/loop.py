@@ -15,7 +15,7 @@ import contextlib
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -57,6 +57,13 @@ class LoopConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        # YAML reads "5e-5" (no dot) as a string; numbers are coerced here so configs may write either.
+        for item in fields(self):
+            if item.type in ("int", "float"):
+                try:
+                    setattr(self, item.name, (int if item.type == "int" else float)(getattr(self, item.name)))
+                except (TypeError, ValueError):
+                    raise BadInput(f"loop setting {item.name} must be a number, not {getattr(self, item.name)!r}") from None
         self.betas = tuple(float(b) for b in self.betas)
         if self.mixed_precision not in PRECISIONS:
             raise BadInput(f"mixed_precision must be one of {', '.join(PRECISIONS)}, not {self.mixed_precision!r}")
@@ -165,7 +172,12 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
     ema = EMA(task.generator, config.ema_decay) if config.ema_decay > 0 else None
 
-    step = _resume(directory, task, optimisers, scaler, ema, log)
+    step, earlier_minutes = _resume(directory, task, optimisers, scaler, ema, log)
+
+    def minutes() -> float:
+        """Training minutes over every call that led to this step."""
+        return earlier_minutes + (time.monotonic() - started) / 60
+
     table.drop_after(step)
     if step == 0:
         for line in task.notes:
@@ -205,13 +217,13 @@ def train(
         step += 1
         progress.update(1)
         if step % config.log_every == 0 or step == 1 or step == config.steps:
-            table.add({"step": step, "minutes": (time.monotonic() - started) / 60, **totals})
+            table.add({"step": step, "minutes": minutes(), **totals})
             progress.set_postfix({k: f"{v:.4g}" for k, v in totals.items() if not k.startswith("critic")})
         finished = step >= config.steps
         out_of_time = max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes
         out_of_time = distributed.any_rank(out_of_time, processes)
         if finished or out_of_time or step % config.checkpoint_every == 0:
-            _save_checkpoint(directory, step, task, optimisers, scaler, ema, config.keep_checkpoints, processes)
+            _save_checkpoint(directory, step, minutes(), task, optimisers, scaler, ema, config.keep_checkpoints, processes)
         if out_of_time and not finished:
             log.write(f"{task.name}: wall-clock budget of {max_minutes} min reached at step {step} of {config.steps}; "
                       "run the same command again to continue")
@@ -222,8 +234,8 @@ def train(
     if processes.is_main:
         weights = dict(ema.state_dict()) if ema is not None else {}
         weights = {**trainable_state(task.generator), **weights}
-        product = task.export(directory, weights, {**(provenance or {}), "steps": str(step)})
-        log.write(f"{task.name}: finished {step} steps in this call's {(time.monotonic() - started) / 60:.2f} min; wrote {product}")
+        product = task.export(directory, weights, {**(provenance or {}), "steps": str(step), "minutes": f"{minutes():.2f}"})
+        log.write(f"{task.name}: finished {step} steps, {minutes():.2f} training minutes in all; wrote {product}")
     return Outcome(step=step, finished=True, product=product, notes=log.lines)
 
 
@@ -260,7 +272,7 @@ def _checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _save_checkpoint(directory: Path, step: int, task: Task, optimisers: list, scaler, ema: Optional[EMA],
+def _save_checkpoint(directory: Path, step: int, minutes: float, task: Task, optimisers: list, scaler, ema: Optional[EMA],
                      keep: int, processes: Processes) -> None:
     """Weights as safetensors, optimiser/scaler state as a tensors-only torch file; written by rank 0."""
     if not processes.is_main:
@@ -275,7 +287,7 @@ def _save_checkpoint(directory: Path, step: int, task: Task, optimisers: list, s
     if ema is not None:
         save_file(_contiguous(ema.state_dict()), str(partial / "ema.safetensors"))
     torch.save(
-        {"step": step, "optimisers": [o.state_dict() for o in optimisers], "scaler": scaler.state_dict()},
+        {"step": step, "minutes": minutes, "optimisers": [o.state_dict() for o in optimisers], "scaler": scaler.state_dict()},
         partial / "state.pt",
     )
     shutil.rmtree(target, ignore_errors=True)
@@ -284,10 +296,11 @@ def _save_checkpoint(directory: Path, step: int, task: Task, optimisers: list, s
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _resume(directory: Path, task: Task, optimisers: list, scaler, ema: Optional[EMA], log: RunLog) -> int:
+def _resume(directory: Path, task: Task, optimisers: list, scaler, ema: Optional[EMA], log: RunLog) -> tuple[int, float]:
+    """Load the newest checkpoint, if any; returns (its step, training minutes before it)."""
     found = _checkpoints(directory)
     if not found:
-        return 0
+        return 0, 0.0
     latest = found[-1]
     device = next(task.generator.parameters()).device
     _load_into(task.generator, load_file(str(latest / "generator.safetensors"), device=str(device)), latest)
@@ -300,7 +313,7 @@ def _resume(directory: Path, task: Task, optimisers: list, scaler, ema: Optional
         optimiser.load_state_dict(saved)
     scaler.load_state_dict(state["scaler"])
     log.write(f"{task.name}: resumed from {latest} (step {state['step']})")
-    return int(state["step"])
+    return int(state["step"]), float(state["minutes"])
 
 
 def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

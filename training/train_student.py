@@ -1,0 +1,163 @@
+"""Stage 2 entry point: train the SlimDiffSR student and write student.safetensors for the backend.
+
+    python -m training.train_student --config training/configs/tiny_cpu.yaml
+
+With a teacher (`student.teacher_weights`: the teacher stage's product by
+default) the loss is the reconstruction terms plus Σ_taps [MSE(φ(f_stu), f_tea)
++ 0.1·MMD²] (Eq. 23) and the student's UNet starts from the teacher's weights
+where names and shapes match. With `teacher_weights: none` it is the paper's
+No-Dis ablation (Table 7): reconstruction terms only, which needs no SD-2.1.
+`student.init` fine-tunes from any student weights file (e.g. the shipped one).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from backend.errors import BadInput
+from backend.models import StudentConfig, build, feature_channels, load, save
+
+from . import cli
+from .backbone import upsample_bicubic
+from .config import product_path, section
+from .distill import FeatureAdapters, capture, distillation_terms, init_from_teacher, teacher_modules
+from .distributed import Processes
+from .loop import Task
+from .reconstruction import Reconstruction
+from .teacher import load_teacher
+
+NO_TEACHER = "none"
+
+
+class StudentAndAdapters(nn.Module):
+    """What stage 2 optimises: the student and, when distilling, the adapters φ."""
+
+    def __init__(self, student: nn.Module, adapters: Optional[FeatureAdapters]) -> None:
+        super().__init__()
+        self.student = student
+        self.adapters = adapters
+
+
+class StudentTask(Task):
+    """Full fine-tuning of the student, distilled from the teacher or not (No-Dis)."""
+
+    name = "student"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        settings = section(config, "student")
+        self.scale = int(config["scale"])
+        self.normalisation = str(config.get("normalisation", "percentile:2,98"))
+        self.data_manifest = str(section(config, "data").get("manifest") or section(config, "data").get("folder") or "given in code")
+        student, origin = self._student(settings)
+        self.notes.append(origin)
+        weights = {"feature": 1.0, "mmd": 0.1, **(settings.get("weights") or {})}
+        self.feature_weight, self.mmd_weight = float(weights["feature"]), float(weights["mmd"])
+        self.tokens = int(settings.get("distill_tokens", 1024))
+        self.reconstruction = Reconstruction(settings)
+        self.critic = self.reconstruction.critic
+        self.notes += self.reconstruction.notes
+        teacher_setting = str(settings.get("teacher_weights") or "default")
+        self.teacher = self.estimator = None
+        adapters = None
+        if teacher_setting.lower() == NO_TEACHER:
+            self.teacher_used = "none (No-Dis)"
+            self.notes.append("distillation: none (No-Dis): reconstruction losses only")
+        else:
+            path = product_path(config, "teacher", None if teacher_setting == "default" else teacher_setting)
+            self.teacher, self.estimator, _ = load_teacher(path)
+            self.teacher_used = str(path)
+            taps = list(settings.get("distill_taps") or feature_channels(student.config))
+            self.teacher_blocks = teacher_modules(self.teacher.unet, taps)
+            adapters = FeatureAdapters(feature_channels(student.config), self._teacher_channels(student, taps))
+            if settings.get("init") is None:
+                fraction = init_from_teacher(student, self.teacher.unet)
+                self.notes.append(f"student: {fraction:.2%} of parameters initialised from the teacher (name+shape match)")
+            self.notes.append(f"distillation: teacher {path}; taps {', '.join(taps)}; MSE + {self.mmd_weight}·MMD²")
+        self.generator = StudentAndAdapters(student, adapters)
+
+    def _student(self, settings: dict[str, Any]) -> tuple[nn.Module, str]:
+        init = settings.get("init")
+        if init:
+            student = load(init).train()
+            if student.config.scale != self.scale:
+                raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
+            return student, f"student: fine-tuning from {init}"
+        preset = settings.get("preset", "paper")
+        if preset not in ("paper", "tiny"):
+            raise BadInput(f"student.preset must be 'paper' or 'tiny', not {preset!r}")
+        config = getattr(StudentConfig, preset)(self.scale).replace(encoder=settings.get("encoder", "hr"))
+        return build(config), f"student: new {preset} x{self.scale} student, {config.encoder} encoder layout"
+
+    def _teacher_channels(self, student: nn.Module, taps: list[str]) -> dict[str, int]:
+        """Run the teacher once on a small input to learn its tap widths (diffusers blocks do not expose them)."""
+        size = 8 * student.config.lr_multiple * self.scale
+        with torch.no_grad():
+            features = self._teacher_features(torch.rand(1, 3, size // self.scale, size // self.scale),
+                                              torch.rand(1, 3, size, size))
+        return {tap: int(features[tap].shape[1]) for tap in taps}
+
+    @torch.no_grad()
+    def _teacher_features(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_gt = self.teacher.encode(hr)
+        z_lr = self.teacher.encode(upsample_bicubic(lr, self.scale))
+        _, log_var = self.estimator(z_lr)
+        alpha_bar = self.teacher.predictor(z_gt, log_var.exp())
+        with capture(self.teacher_blocks) as features:
+            self.teacher.denoise(z_lr, alpha_bar)
+        return dict(features)
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        self.reconstruction.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device)
+            self.estimator.to(device)
+
+    def generator_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        lr, hr = batch["lr"], batch["hr"]
+        student = self.generator.student
+        if self.teacher is None:
+            terms = self.reconstruction.generator_terms(student(lr), hr)
+        else:
+            output, student_features = student.forward_features(lr)
+            terms = self.reconstruction.generator_terms(output, hr)
+            mse, mmd = distillation_terms(student_features, self._teacher_features(lr, hr), self.generator.adapters, self.tokens)
+            terms["feature"] = self.feature_weight * mse
+            terms["mmd"] = self.mmd_weight * mmd
+        return {"total": sum(terms.values()), **terms}
+
+    def critic_losses(self) -> dict[str, torch.Tensor]:
+        return self.reconstruction.critic_terms()
+
+    def export(self, directory: Path, weights: dict[str, torch.Tensor], provenance: dict[str, str]) -> Path:
+        student = copy.deepcopy(self.generator.student).cpu()
+        prefix = "student."
+        student.load_state_dict({k[len(prefix):]: v.cpu() for k, v in weights.items() if k.startswith(prefix)})
+        path = directory / "student.safetensors"
+        meta = {
+            **provenance,
+            "normalisation": self.normalisation,
+            "data": self.data_manifest,
+            "teacher": self.teacher_used,
+            "training_log": " | ".join(self.notes),
+        }
+        save(student, path, meta)
+        return path
+
+
+def build_task(config: dict[str, Any], processes: Processes) -> StudentTask:
+    return StudentTask(config)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli.main("student", build_task, "Stage 2: train the SlimDiffSR student (distilled or No-Dis).", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
