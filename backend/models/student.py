@@ -77,6 +77,28 @@ def build(config: StudentConfig) -> SlimDiffSR:
     return SlimDiffSR(config)
 
 
+def teacher_parameter_name(name: str, config: StudentConfig, teacher_levels: int = 4) -> Optional[str]:
+    """The SD UNet state-dict key a student "unet." parameter was pruned from, or None outside the UNet.
+
+    For initialising the student from the teacher: a key maps where the teacher has
+    it with the same shape (FSC, DSC, QGAM and the fused convs have no counterpart).
+    The student's up_blocks.k is the teacher's up_blocks.(k + removed levels), and
+    its mid_block is the first ResBlock of the teacher's first removed level. The
+    VAE parts need no mapping: "encoder.layers.*" / "decoder.layers.*" are
+    diffusers' AutoencoderTiny (TAESD) keys as they are.
+    """
+    if not name.startswith("unet."):
+        return None
+    key = name[len("unet."):]
+    levels = len(config.block_channels)
+    if key.startswith("mid_block."):
+        return f"down_blocks.{levels}.resnets.0.{key[len('mid_block.'):]}"
+    if key.startswith("up_blocks."):
+        index, rest = key[len("up_blocks."):].split(".", 1)
+        return f"up_blocks.{int(index) + teacher_levels - levels}.{rest}"
+    return key
+
+
 def feature_channels(config: StudentConfig) -> dict[str, int]:
     """Tap name -> channels of `forward_features`' taps, without building the model.
 
