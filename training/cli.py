@@ -23,7 +23,7 @@ from . import distributed
 from .batches import seeded_batches
 from .config import load_config, loop_config, stage_dir
 from .distributed import Processes
-from .loop import Outcome, Task, train
+from .loop import Outcome, Task, seed_everything, train
 
 TaskFactory = Callable[[dict[str, Any], Processes], Task]
 
@@ -59,6 +59,7 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
     processes = distributed.start(config.get("device", "auto"))
     try:
         loop = loop_config(config, stage)
+        seed_everything(loop.seed)  # networks start from the same weights in every run of this config
         task = build_task(config, processes)
         if dataset is None:
             from .inputs import training_dataset

@@ -194,7 +194,7 @@ def train(
         seed_everything(step_seed(config.seed, processes.rank, step))
         totals: dict[str, float] = {}
         for _ in range(config.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items() if torch.is_tensor(v)}
             with _autocast(device, precision), _frozen(critic_params):
                 losses = task.generator_losses(batch)
             scaler.scale(losses["total"] / config.grad_accum).backward()

@@ -1,0 +1,109 @@
+"""Each training stage learns a fixed tiny batch, resumes exactly, and honours its budget and options."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backend.models import load
+from training import train_student, train_teacher, train_uncertainty
+from training.cli import run_stage
+from training.records import read_losses
+from training_helpers import FixedPairs, tiny_config
+
+torch.set_num_threads(1)
+
+STAGES = {"uncertainty": train_uncertainty, "teacher": train_teacher, "student": train_student}
+FAST_TEACHER = ("teacher.loop.lr=5.0e-3", "teacher.model.vae_lora_rank=8", "teacher.loop.grad_clip=0")
+
+
+def run(config, stage, **kwargs):
+    return run_stage(stage, STAGES[stage].build_task, config, FixedPairs(), **kwargs)
+
+
+def losses(config, stage):
+    return read_losses(Path(config["output_dir"]) / stage / "losses.csv")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Stage 0 for 30 steps and stage 1 for 50, shared by the tests that need their products."""
+    config = tiny_config(tmp_path_factory.mktemp("chain"), "uncertainty.loop.steps=30", "teacher.loop.steps=50",
+                         *FAST_TEACHER)
+    run(config, "uncertainty")
+    run(config, "teacher")
+    return config
+
+
+def test_uncertainty_stage_overfits_a_fixed_batch(chain):
+    rows = losses(chain, "uncertainty")
+    assert rows[-1]["squared_error"] <= 0.5 * rows[0]["squared_error"]
+
+
+def test_teacher_stage_overfits_a_fixed_batch_on_the_l1_term(chain):
+    rows = losses(chain, "teacher")
+    assert rows[-1]["step"] == 50
+    last = sum(r["l1"] for r in rows[-5:]) / 5
+    assert last <= 0.5 * rows[0]["l1"]
+
+
+def test_student_stage_overfits_a_fixed_batch_on_the_l1_term(chain, tmp_path):
+    config = tiny_config(tmp_path, "student.loop.steps=50", f"student.teacher_weights={chain['output_dir']}/teacher/teacher.safetensors")
+    run(config, "student")
+    rows = losses(config, "student")
+    last = sum(r["l1"] for r in rows[-5:]) / 5
+    assert last <= 0.5 * rows[0]["l1"]
+    assert rows[-1]["feature"] > 0 and "mmd" in rows[-1]
+
+
+@pytest.mark.parametrize("stage", ["uncertainty", "teacher", "student"])
+def test_a_resumed_run_repeats_the_uninterrupted_loss_curve(chain, tmp_path, stage):
+    inputs = (f"teacher.uncertainty_weights={chain['output_dir']}/uncertainty/uncertainty.safetensors",
+              f"student.teacher_weights={chain['output_dir']}/teacher/teacher.safetensors",
+              f"{stage}.loop.checkpoint_every=2", f"{stage}.loop.ema_decay=0.5")
+    whole = tiny_config(tmp_path / "whole", f"{stage}.loop.steps=4", *inputs)
+    run(whole, stage)
+    parts = tiny_config(tmp_path / "parts", f"{stage}.loop.steps=2", *inputs)
+    run(parts, stage)
+    parts = tiny_config(tmp_path / "parts", f"{stage}.loop.steps=4", *inputs)
+    run(parts, stage)
+    expected, resumed = losses(whole, stage), losses(parts, stage)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(expected, resumed):
+        for key in a:
+            if key != "minutes":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues(tmp_path):
+    config = tiny_config(tmp_path, "uncertainty.loop.steps=3")
+    first = run(config, "uncertainty", max_minutes=0)
+    assert (first.step, first.finished) == (1, False)
+    assert (tmp_path / "uncertainty" / "checkpoints" / "step_1" / "state.pt").is_file()
+    second = run(config, "uncertainty")
+    assert (second.step, second.finished) == (3, True)
+    assert second.product.is_file()
+
+
+def test_no_dis_student_trains_without_a_teacher_and_says_so(tmp_path):
+    config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none")
+    outcome = run(config, "student")
+    model = load(outcome.product)
+    assert model.meta["teacher"] == "none (No-Dis)"
+    assert "No-Dis" in model.meta["training_log"]
+    assert model.meta["normalisation"] == "percentile:2,98"
+
+
+def test_student_fine_tunes_from_a_weights_file_with_accumulation_bf16_and_ema(tmp_path):
+    first = run(tiny_config(tmp_path / "a", "student.loop.steps=1", "student.teacher_weights=none"), "student")
+    config = tiny_config(tmp_path / "b", "student.loop.steps=2", "student.teacher_weights=none",
+                         f"student.init={first.product}", "student.loop.grad_accum=2",
+                         "student.loop.mixed_precision=bf16", "student.loop.ema_decay=0.5")
+    outcome = run(config, "student")
+    model = load(outcome.product)
+    assert f"fine-tuning from {first.product}" in model.meta["training_log"]
+    ema = load_file(str(tmp_path / "b" / "student" / "checkpoints" / "step_2" / "ema.safetensors"))
+    exported = model.state_dict()
+    for name, tensor in ema.items():
+        assert torch.equal(exported[name[len("student."):]], tensor)
