@@ -1,0 +1,86 @@
+"""The teacher: one-step ẑ0 for ε and v prediction, LoRA-only training, a self-contained weights file,
+and the paper-scale code paths (a local diffusers folder, a local DINO discriminator) at tiny size."""
+
+import pytest
+import torch
+from transformers import Dinov2Config, Dinov2Model
+
+from backend.errors import BadInput
+from training.adversarial import DinoDiscriminator, PatchDiscriminator, build_discriminator
+from training.backbone import load_backbone, scheduler_from
+from training.teacher import Teacher, TeacherConfig, load_teacher, one_step_x0, save_teacher
+from training.uncertainty import UncertaintyConfig, UncertaintyEstimator
+
+torch.set_num_threads(1)
+SMALL = TeacherConfig(unet_lora_rank=4, vae_lora_rank=2, predictor_width=8)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_one_step_update_recovers_the_clean_latent_from_the_exact_model_output(prediction_type):
+    generator = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    alpha_bar = torch.rand(2, 1, 8, 8, generator=generator) * 0.9 + 0.05
+    z_t = alpha_bar.sqrt() * z0 + (1 - alpha_bar).sqrt() * noise
+    exact = noise if prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0
+    assert torch.allclose(one_step_x0(z_t, exact, alpha_bar, prediction_type), z0, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_only_lora_and_predictor_train_and_gradients_reach_the_noise_level(prediction_type):
+    teacher = Teacher(load_backbone("tiny", prediction_type), SMALL)
+    trainable = [n for n, p in teacher.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("predictor.") for n in trainable)
+    assert any(n.startswith("vae.decoder.") for n in trainable)
+    assert not any(n.startswith("vae.encoder.") for n in trainable)
+    hr = torch.rand(1, 3, 32, 32)
+    z = teacher.encode(hr)
+    out = teacher(z, z, torch.ones_like(z))
+    (out["hr"] - hr).abs().mean().backward()
+    assert teacher.predictor.body[-1].bias.grad.abs().item() > 0
+    assert out["t_map"].shape == (1, 1, 4, 4)
+
+
+def test_teacher_file_rebuilds_the_same_teacher_with_its_estimator(tmp_path):
+    torch.manual_seed(0)
+    backbone = load_backbone("tiny", "v_prediction")
+    teacher = Teacher(backbone, SMALL)
+    with torch.no_grad():
+        for name, parameter in teacher.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    estimator = UncertaintyEstimator(UncertaintyConfig(width=8, blocks=1, groups=4))
+    path = tmp_path / "teacher.safetensors"
+    save_teacher(path, teacher.trainable_state(), estimator, SMALL, backbone, {"stage": "teacher"})
+    loaded, loaded_estimator, meta = load_teacher(path)
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(loaded(z, z, torch.ones_like(z))["hr"], teacher.eval()(z, z, torch.ones_like(z))["hr"], atol=1e-6)
+        assert torch.equal(loaded_estimator(z)[1], estimator(z)[1])
+    assert meta["prediction_type"] == "v_prediction" and loaded.prediction_type == "v_prediction"
+
+
+def test_backbone_loads_from_a_local_diffusers_folder_and_reads_its_prediction_type(tmp_path):
+    tiny = load_backbone("tiny")
+    tiny.unet.save_pretrained(tmp_path / "unet")
+    tiny.vae.save_pretrained(tmp_path / "vae")
+    scheduler_from("v_prediction").save_pretrained(tmp_path / "scheduler")
+    backbone = load_backbone(str(tmp_path))
+    assert backbone.prediction_type == "v_prediction"
+    assert any("no text_encoder" in note for note in backbone.notes)
+    assert torch.equal(backbone.unet.conv_in.weight, tiny.unet.conv_in.weight)
+    with pytest.raises(BadInput, match="no 'unet/'"):
+        load_backbone(str(tmp_path / "vae"))
+
+
+def test_discriminator_uses_a_local_dino_folder_or_falls_back_to_patchgan(tmp_path):
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                          patch_size=8, image_size=32)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    critic, note = build_discriminator(str(tmp_path), 8)
+    assert isinstance(critic, DinoDiscriminator) and "DINO" in note
+    assert not any(p.requires_grad for p in critic.backbone.parameters())
+    image = torch.rand(2, 3, 40, 40, requires_grad=True)
+    critic(image).mean().backward()
+    assert image.grad.abs().sum() > 0
+    fallback, note = build_discriminator(None, 8)
+    assert isinstance(fallback, PatchDiscriminator) and "fallback" in note
