@@ -242,8 +242,10 @@ class SuperResolveDock(QDockWidget):
             folder = settings.resolved_output_folder()
             folder.mkdir(parents=True, exist_ok=True)
             output = str(default_output_path(folder, layer.name(), scale))
-        elif not output.lower().endswith((".tif", ".tiff")):
-            output += ".tif"
+        else:
+            if not output.lower().endswith((".tif", ".tiff")):
+                output += ".tif"
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
         extent, extent_crs = self._extent()
         return build_request(input_path=input_path, output_path=output, scale=scale, extent=extent,
                              extent_crs=extent_crs, bands=parse_bands(self.bands_edit.text()),

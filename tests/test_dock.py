@@ -1,0 +1,188 @@
+"""The dock panel in headless QGIS with the real backend: run over the canvas extent, cancel, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from osgeo import gdal
+from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
+                       QgsRectangle)
+
+from plugin_fixtures import one_thread_backends, wait_until, write_rgb, write_tiny_weights
+from rasters import ORIGIN, PIXEL
+from slimdiffsr_qgis import classFactory
+from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
+
+pytestmark = pytest.mark.usefixtures("one_thread_backends")
+assert one_thread_backends
+BOUND = 90.0
+
+
+@pytest.fixture
+def plugin(qgis_iface, qgis_processing):
+    QgsProject.instance().removeAllMapLayers()
+    loaded = classFactory(qgis_iface)
+    loaded.initGui()
+    yield loaded
+    loaded.unload()
+    QgsProject.instance().removeAllMapLayers()
+
+
+@pytest.fixture
+def dock(plugin, tmp_path: Path):
+    panel = plugin.dock
+    panel.weights_widget.setFilePath(write_tiny_weights(tmp_path / "tiny.safetensors"))
+    panel.device_combo.setCurrentText("cpu")
+    panel.tile_spin.setValue(16)
+    panel.overlap_spin.setValue(2)
+    panel.folder_widget.setFilePath(str(tmp_path / "results"))
+    return panel
+
+
+def add_raster(path: str, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, name)
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def show_on_canvas(iface, layer: QgsRasterLayer, extent: QgsRectangle) -> None:
+    canvas = iface.mapCanvas()
+    canvas.resize(400, 400)
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setLayers([layer])
+    canvas.setExtent(extent)
+    canvas.refresh()
+
+
+def test_one_click_over_the_canvas_extent_adds_the_result_above_its_input(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "field.tif", 160, 96), "field")
+    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 3, 2, 1)
+    renderer.setRedContrastEnhancement(_stretch(layer, 3))
+    renderer.setGreenContrastEnhancement(_stretch(layer, 2))
+    renderer.setBlueContrastEnhancement(_stretch(layer, 1))
+    layer.setRenderer(renderer)
+    view = QgsRectangle(ORIGIN[0] + 20 * PIXEL, ORIGIN[1] - 90 * PIXEL, ORIGIN[0] + 150 * PIXEL, ORIGIN[1] - 10 * PIXEL)
+    show_on_canvas(qgis_iface, layer, view)
+    shown = qgis_iface.mapCanvas().extent().intersect(layer.extent())
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("canvas")
+
+    dock.run_button.click()
+    assert dock.task is not None and not dock.run_button.isEnabled()
+    wait_until(lambda: dock.task is None, BOUND, "the dock's task")
+
+    result = dock.last_layer
+    assert result is not None, dock.status_label.text()
+    assert result.name() == "field x4" and result.crs() == layer.crs()
+    assert result.rasterUnitsPerPixelX() == pytest.approx(PIXEL / 4)
+    assert abs(result.width() - shown.width() / PIXEL * 4) <= 4 and abs(result.height() - shown.height() / PIXEL * 4) <= 4
+    assert QgsProject.instance().mapLayer(result.id()) is result
+    order = [node.layerId() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+    assert order.index(result.id()) == order.index(layer.id()) - 1, "the result sits just above its input"
+    copied = result.renderer()
+    assert isinstance(copied, QgsMultiBandColorRenderer) and (copied.redBand(), copied.blueBand()) == (3, 1)
+    assert copied.redContrastEnhancement().maximumValue() == 230
+    assert Path(result.source()).parent == tmp_path / "results"
+    dataset = gdal.Open(result.source())
+    assert dataset.GetRasterBand(1).GetOverviewCount() >= 1
+    dataset = None
+    assert "Added 'field x4'" in dock.status_label.text()
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+
+def _stretch(layer: QgsRasterLayer, band: int) -> QgsContrastEnhancement:
+    enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+    enhancement.setMinimumValue(20)
+    enhancement.setMaximumValue(230)
+    enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+    return enhancement
+
+
+def test_cancel_mid_run_stops_leaves_no_file_and_the_dock_works_again(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "large.tif", 256, 192), "large")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    output = tmp_path / "results" / "cancelled.tif"
+    dock.output_widget.setFilePath(str(output))
+    tiles: list[tuple[int, int]] = []
+    dock.run_button.click()
+    dock.task.tiles_done.connect(lambda done, total: tiles.append((done, total)))
+    wait_until(lambda: len(tiles) > 0 or dock.task is None, BOUND, "the first tile")
+    assert tiles, dock.status_label.text()
+    at_cancel = tiles[-1][0]
+    dock.cancel_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the cancelled task to end")
+
+    total = tiles[-1][1]
+    assert tiles[-1][0] < total and tiles[-1][0] - at_cancel <= 8, f"cancel at tile {at_cancel} ran to {tiles[-1]}"
+    assert "Cancelled" in dock.status_label.text()
+    assert not output.exists() and list(output.parent.iterdir()) == []
+    assert dock.last_layer is None and len(QgsProject.instance().mapLayers()) == 1
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+
+    small = add_raster(write_rgb(tmp_path / "small.tif", 32, 16), "small")
+    dock.layer_combo.setLayer(small)
+    dock.output_widget.setFilePath("")
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the run after a cancel")
+    assert dock.last_layer is not None and dock.last_layer.name() == "small x4"
+    assert dock.client.starts == 1
+
+
+def test_estimate_shows_size_tiles_and_free_disk_without_running(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 64, 32), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.estimate_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the estimate")
+    text = dock.status_label.text()
+    assert "256 x 128 px" in text and "tile(s)" in text and "free on disk" in text
+    assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
+
+
+def test_a_web_layer_is_refused_with_a_message_and_nothing_starts(qgis_iface, dock):
+    tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=19&zmin=0",
+                           "OpenStreetMap", "wms")
+    QgsProject.instance().addMapLayer(tiles)
+    dock.layer_combo.setLayer(tiles)
+    dock.run_button.click()
+    assert dock.task is None and dock.client.starts == 0
+    assert "not a file" in dock.status_label.text() and "Save it as a GeoTIFF" in dock.status_label.text()
+
+
+def test_a_bad_band_index_is_shown_in_the_status_line(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 32, 16), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.bands_edit.setText("1,2,7")
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the failing task")
+    assert "band 7 requested" in dock.status_label.text()
+    assert dock.run_button.isEnabled()
+
+
+def test_a_missing_backend_interpreter_is_reported_and_set_up_is_offered(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 32, 16), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.setup_box.setVisible(False)
+    dock.python_widget.setFilePath(str(tmp_path / "gone" / "python"))
+    try:
+        dock.run_button.click()
+        wait_until(lambda: dock.task is None, BOUND, "the failing task")
+        assert "cannot be started" in dock.status_label.text()
+        assert not dock.setup_box.isHidden(), "set-up is offered"
+    finally:
+        dock.python_widget.setFilePath("")
+
+
+def test_a_disk_too_small_for_the_result_is_refused_before_running():
+    plan = {"width": 4000, "height": 4000, "bands": 3, "dtype": "uint16", "output_bytes": 96_000_000,
+            "free_bytes": 50_000_000, "tiles": 300, "seconds_estimate": None}
+    with pytest.raises(NotEnoughDisk, match="needs about .* has only 47.7 MB free"):
+        check_disk(plan, "/data/out")
+    check_disk({**plan, "free_bytes": 10**12}, "/data/out")
+    assert "time is measured on the first run" in describe_plan(plan)
+    assert "about 1 min 15 s" in describe_plan({**plan, "seconds_estimate": 75})
