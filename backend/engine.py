@@ -165,7 +165,7 @@ def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: 
 class Engine:
     """Loads models once and runs requests against rasters."""
 
-    def __init__(self, block_cache_mb: int = 256, compile_model: bool = False):
+    def __init__(self, block_cache_mb: int = 64, compile_model: bool = False):
         set_block_cache(block_cache_mb)
         self.compile_model = compile_model
         self._models: dict[tuple, LoadedModel] = {}
@@ -276,7 +276,8 @@ class Engine:
         window, scale = plan.window, request.scale
         out_dtype = np.dtype(plan.dtype)
         fill = _fill_values(source, window, normalisation)
-        blender = StreamingBlender(window.width, window.height, request.tile, request.overlap, scale, 3)
+        blender = StreamingBlender(window.width, window.height, request.tile, request.overlap, scale, 3,
+                                   exact=out_dtype.kind == "f")
         batch = 4 if device.type == "cuda" else 1
 
         def read(tile: Tile) -> np.ndarray:

@@ -77,15 +77,27 @@ def _ramp(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * t)
 
 
-def _axis_weights(starts: list[int], index: int, size: int, scale: int) -> np.ndarray:
-    weights = np.ones(size * scale, dtype=np.float64)
-    if index > 0:
-        shared = (starts[index - 1] + size - starts[index]) * scale
-        weights[:shared] *= _ramp(shared)
-    if index < len(starts) - 1:
-        shared = (starts[index] + size - starts[index + 1]) * scale
-        weights[size * scale - shared:] *= _ramp(shared)[::-1]
-    return np.maximum(weights, WEIGHT_FLOOR)
+def _axis_weights(starts: list[int], size: int, scale: int) -> list[np.ndarray]:
+    """Per tile along one axis, its blending weights divided by the sum of all tiles' weights.
+
+    Tiles form a grid, so a pixel's total weight is the product of the row and
+    column sums: normalising each axis once makes every cell's weighted sum
+    final as soon as its last tile arrives, with no weight accumulator.
+    """
+    raw = []
+    for index, start in enumerate(starts):
+        weights = np.ones(size * scale, dtype=np.float64)
+        if index > 0:
+            shared = (starts[index - 1] + size - start) * scale
+            weights[:shared] *= _ramp(shared)
+        if index < len(starts) - 1:
+            shared = (start + size - starts[index + 1]) * scale
+            weights[size * scale - shared:] *= _ramp(shared)[::-1]
+        raw.append(np.maximum(weights, WEIGHT_FLOOR))
+    total = np.zeros((starts[-1] + size) * scale, dtype=np.float64)
+    for start, weights in zip(starts, raw):
+        total[start * scale:(start + size) * scale] += weights
+    return [weights / total[start * scale:(start + size) * scale] for start, weights in zip(starts, raw)]
 
 
 class StreamingBlender:
@@ -93,11 +105,16 @@ class StreamingBlender:
 
     The output plane is cut into cells along every tile edge; a cell is final
     when every tile that covers it has been added. Cells live only while
-    partially covered, so memory holds about one overlap band of the output.
+    partially covered, so memory holds about one overlap band of the output
+    (C channels, no weight planes). Sums are float32, enough for outputs that
+    are rounded to integers; `exact` sums in float64 so that tiles which agree
+    reproduce float32 values bit for bit.
     """
 
-    def __init__(self, width: int, height: int, tile: int, overlap: int, scale: int, channels: int):
+    def __init__(self, width: int, height: int, tile: int, overlap: int, scale: int, channels: int,
+                 exact: bool = False):
         self.scale = scale
+        self._sum_dtype = np.float64 if exact else np.float32
         self.channels = channels
         self.tiles = tile_grid(width, height, tile, overlap)
         self._xs = tile_starts(width, tile, overlap)
@@ -105,7 +122,9 @@ class StreamingBlender:
         self._size = (min(tile, width), min(tile, height))
         self._x_cuts = sorted({x for s in self._xs for x in (s, s + self._size[0])})
         self._y_cuts = sorted({y for s in self._ys for y in (s, s + self._size[1])})
-        self._pending: dict[tuple[int, int], list] = {}
+        self._weights_x = _axis_weights(self._xs, self._size[0], scale)
+        self._weights_y = _axis_weights(self._ys, self._size[1], scale)
+        self._pending: dict[tuple[int, int], np.ndarray] = {}
         self._remaining = self._coverage()
 
     def _coverage(self) -> dict[tuple[int, int], int]:
@@ -126,26 +145,22 @@ class StreamingBlender:
         expected = (self.channels, tile.height * s, tile.width * s)
         if output.shape != expected:
             raise ValueError(f"tile output has shape {output.shape}, expected {expected}")
-        wy = _axis_weights(self._ys, tile.row, tile.height, s)
-        wx = _axis_weights(self._xs, tile.column, tile.width, s)
+        wy, wx = self._weights_y[tile.row], self._weights_x[tile.column]
         finished = []
         for i, j in self._cells_of(tile):
             x0, x1 = self._x_cuts[i], self._x_cuts[i + 1]
             y0, y1 = self._y_cuts[j], self._y_cuts[j + 1]
             rows = slice((y0 - tile.y) * s, (y1 - tile.y) * s)
             cols = slice((x0 - tile.x) * s, (x1 - tile.x) * s)
-            weight = np.outer(wy[rows], wx[cols])
-            contribution = output[:, rows, cols].astype(np.float64) * weight
-            cell = self._pending.get((i, j))
-            if cell is None:
-                self._pending[(i, j)] = [contribution, weight]
+            contribution = output[:, rows, cols] * np.outer(wy[rows], wx[cols])
+            total = self._pending.get((i, j))
+            if total is None:
+                self._pending[(i, j)] = total = contribution.astype(self._sum_dtype)
             else:
-                cell[0] += contribution
-                cell[1] += weight
+                total += contribution
             self._remaining[(i, j)] -= 1
             if self._remaining[(i, j)] == 0:
-                total, weights = self._pending.pop((i, j))
-                finished.append(Block(x0 * s, y0 * s, (total / weights).astype(np.float32)))
+                finished.append(Block(x0 * s, y0 * s, self._pending.pop((i, j)).astype(np.float32)))
         return finished
 
     @property
@@ -158,7 +173,7 @@ def blend_in_memory(width: int, height: int, tile: int, overlap: int, scale: int
                     outputs: Iterator[tuple[Tile, np.ndarray]]) -> np.ndarray:
     """Blend all tile outputs into one array [C, H*s, W*s]; for arrays that fit in memory."""
     result = np.zeros((channels, height * scale, width * scale), dtype=np.float32)
-    blender = StreamingBlender(width, height, tile, overlap, scale, channels)
+    blender = StreamingBlender(width, height, tile, overlap, scale, channels, exact=True)
     for tile, output in outputs:
         for block in blender.add(tile, output):
             _, h, w = block.values.shape

@@ -67,6 +67,6 @@ def test_pending_memory_is_one_overlap_band_whatever_the_raster_height(height):
     peak = 0
     for t in blender.tiles:
         blender.add(t, np.zeros((1, tile * scale, tile * scale), np.float32))
-        peak = max(peak, sum(cell[1].size for cell in blender._pending.values()))
+        peak = max(peak, sum(cell[0].size for cell in blender._pending.values()))
     band = (width * scale) * (2 * overlap * scale)
     assert peak <= band + 2 * (tile * scale) ** 2
