@@ -3,11 +3,14 @@ and the paper-scale code paths (a local diffusers folder, a local DINO discrimin
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from transformers import Dinov2Config, Dinov2Model
 
 from backend.errors import BadInput
+from backend.models import StudentConfig, build, feature_channels
 from training.adversarial import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from training.backbone import load_backbone, scheduler_from
+from training.distill import FeatureAdapters, capture, distillation_terms, teacher_modules
 from training.teacher import Teacher, TeacherConfig, load_teacher, one_step_x0, save_teacher
 from training.uncertainty import UncertaintyConfig, UncertaintyEstimator
 
@@ -84,3 +87,25 @@ def test_discriminator_uses_a_local_dino_folder_or_falls_back_to_patchgan(tmp_pa
     assert image.grad.abs().sum() > 0
     fallback, note = build_discriminator(None, 8)
     assert isinstance(fallback, PatchDiscriminator) and "fallback" in note
+
+
+def test_student_taps_pair_with_an_sd_layout_teacher_whose_deep_levels_are_coarser():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=16,
+        attention_head_dim=8, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    student = build(StudentConfig.tiny(4))
+    taps = list(feature_channels(student.config))
+    lr = torch.rand(1, 3, 16, 16)
+    with torch.no_grad(), capture(teacher_modules(unet, taps)) as teacher_features:
+        unet(torch.randn(1, 4, 8, 8), torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 2, 16))
+    _, student_features = student.forward_features(lr)
+    assert teacher_features["mid"].shape[-1] < student_features["mid"].shape[-1]
+    adapters = FeatureAdapters(feature_channels(student.config), {t: f.shape[1] for t, f in teacher_features.items()})
+    mse, mmd = distillation_terms(student_features, teacher_features, adapters, tokens=16)
+    (mse + mmd).backward()
+    assert torch.isfinite(mse) and mmd >= 0
+    assert student.unet.conv_in.weight.grad.abs().sum() > 0
