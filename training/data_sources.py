@@ -43,8 +43,9 @@ NIQE_PARAMS_NAME = "niqe_pris_params.npz"
 DEFAULT_CROP = 128
 # Grid cell side, in crops: big enough that a trimmed training cell still holds crops.
 CELL_CROPS = 3
-# A cell can be held out when at most this share of it is nodata or too bright (cloud).
-MAX_INVALID_SHARE = 0.3
+# A cell can be held out when at most this share of it is nodata or too bright (cloud), so its
+# evaluation tiles are not skipped.
+MAX_INVALID_SHARE = 0.05
 # A cell with more than this share of nodata or cloud gets no role at all.
 MAX_EMPTY_SHARE = 0.9
 # Held-out cells need at least this share of the upper-quartile texture of the scene's cells.

@@ -1,0 +1,185 @@
+"""Held-out quality of SR models vs GDAL resampling: PSNR-Y, SSIM-Y and NIQE per sensor, as one Markdown table.
+
+On the manifest's test blocks (validation blocks with `--role validation`, the
+ones to choose a recipe on), every HR tile is downsampled to LR in two ways:
+clean antialiased bicubic, and the Real-ESRGAN degradation with a fixed seed
+per tile. Each LR is brought back to HR size by GDAL cubic and lanczos
+resampling (gdal.Translate on an in-memory dataset: what a QGIS user would do
+otherwise), by the student weights (`--weights`, run through the engine's
+tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
+(border = scale) are averaged per sensor over its tiles; NIQE is scored once
+per sensor on the pooled 96 px patches of its tiles. "overall" averages the
+sensors with equal weight (NIQE pooled over all tiles).
+
+    .venv/bin/python -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors \
+        --reference runs/reference_cnn_x4.safetensors [--out docs/quality_x4.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from osgeo import gdal
+
+from backend.engine import super_resolve_array
+from backend.request import RunRequest
+from training.data import evaluation_tiles, scenes_from_manifest
+from training.degradation import bicubic_downsample, degrade
+from training.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
+
+gdal.UseExceptions()
+
+Upsampler = Callable[[np.ndarray], np.ndarray]
+LR_KINDS = ("clean", "degraded")
+DEGRADATION_SEED = 2021
+
+
+@dataclass
+class Scores:
+    """Per (LR kind, method, sensor): PSNR and SSIM of each tile and the pooled NIQE features."""
+
+    psnr: list
+    ssim: list
+    features: list
+
+
+def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
+    """[3, h, w] float -> [3, h*scale, w*scale] by gdal.Translate with `algorithm` ("cubic", "lanczos", ...)."""
+    channels, height, width = lr01.shape
+    source = gdal.GetDriverByName("MEM").Create("", width, height, channels, gdal.GDT_Float32)
+    source.SetGeoTransform((0.0, float(scale), 0.0, 0.0, 0.0, -float(scale)))
+    for index in range(channels):
+        source.GetRasterBand(index + 1).WriteArray(lr01[index])
+    result = gdal.Translate("", source, format="MEM", width=width * scale, height=height * scale,
+                            resampleAlg=algorithm)
+    values = result.ReadAsArray().astype(np.float32)
+    result = source = None
+    return values
+
+
+def model_upsampler(model: torch.nn.Module) -> Upsampler:
+    """The engine's tiled, blended inference with its default tile and overlap, on the CPU."""
+    defaults = RunRequest.__dataclass_fields__
+    tile, overlap = defaults["tile"].default, defaults["overlap"].default
+    return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu")
+
+
+def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
+    """The LR of one HR tile: clean bicubic, or the Real-ESRGAN degradation seeded by `seed`."""
+    batch = torch.from_numpy(hr)[None]
+    if kind == "clean":
+        return bicubic_downsample(batch, scale).clamp(0, 1)[0].numpy()
+    return degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
+
+
+def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_model: NiqeModel,
+             role: str = "test", tile: int = 384) -> dict[tuple[str, str, str], Scores]:
+    """Scores keyed by (LR kind, method, sensor) over the `role` tiles of the manifest's scenes."""
+    scores: dict[tuple[str, str, str], Scores] = defaultdict(lambda: Scores([], [], []))
+    scenes = scenes_from_manifest(manifest)
+    for index, item in enumerate(evaluation_tiles(scenes, role=role, tile=tile)):
+        hr = torch.from_numpy(item.hr)
+        for kind in LR_KINDS:
+            lr = make_lr(item.hr, scale, kind, DEGRADATION_SEED + index)
+            for name, upsample in methods.items():
+                output = torch.from_numpy(np.clip(upsample(lr), 0.0, 1.0))
+                entry = scores[(kind, name, item.sensor)]
+                entry.psnr.append(psnr_y(output, hr, border=scale))
+                entry.ssim.append(ssim_y(output, hr, border=scale))
+                entry.features.append(niqe_features(output, niqe_model, border=scale))
+    return scores
+
+
+def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeModel, methods: Sequence[str],
+                 scale: int, role: str) -> str:
+    """One Markdown table: rows per LR kind, sensor (and overall), method."""
+    sensors = sorted({sensor for _, _, sensor in scores})
+    lines = [f"x{scale} on the {role} blocks: PSNR-Y / SSIM-Y higher is better, NIQE lower is better.", "",
+             "| LR | sensor | tiles | method | PSNR-Y (dB) | SSIM-Y | NIQE |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for kind in LR_KINDS:
+        for sensor in [*sensors, "overall"]:
+            for method in methods:
+                if sensor == "overall":
+                    entries = [scores[(kind, method, s)] for s in sensors]
+                    psnr = float(np.mean([np.mean(e.psnr) for e in entries]))
+                    ssim = float(np.mean([np.mean(e.ssim) for e in entries]))
+                    features = [f for e in entries for f in e.features]
+                    count = sum(len(e.psnr) for e in entries)
+                else:
+                    entry = scores[(kind, method, sensor)]
+                    psnr, ssim, features, count = (float(np.mean(entry.psnr)), float(np.mean(entry.ssim)),
+                                                   entry.features, len(entry.psnr))
+                niqe = niqe_score(torch.cat(features), niqe_model)
+                label = f"**{sensor}**" if sensor == "overall" else sensor
+                lines.append(f"| {kind} | {label} | {count} | {method} | {psnr:.2f} | {ssim:.4f} | {niqe:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]) -> dict[str, Upsampler]:
+    """GDAL cubic and lanczos, plus the student and the reference CNN when their files are given."""
+    methods: dict[str, Upsampler] = {
+        "GDAL cubic": lambda lr: gdal_upsample(lr, scale, "cubic"),
+        "GDAL lanczos": lambda lr: gdal_upsample(lr, scale, "lanczos"),
+    }
+    if reference is not None:
+        from benchmarks.reference_cnn import load_reference
+
+        model = load_reference(reference)
+        _check_scale(model.scale, scale, reference)
+        methods[f"reference CNN ({reference.name})"] = model_upsampler(model)
+    if weights is not None:
+        from backend.models import load
+
+        model = load(weights)
+        _check_scale(model.scale, scale, weights)
+        methods[f"SlimDiffSR ({weights.name})"] = model_upsampler(model)
+    return methods
+
+
+def _check_scale(found: int, wanted: int, path: Path) -> None:
+    if found != wanted:
+        raise SystemExit(f"{path} is a x{found} model; this run evaluates x{wanted}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    parser.add_argument("--weights", type=Path, help="student weights (safetensors)")
+    parser.add_argument("--reference", type=Path, help="reference CNN weights from benchmarks.reference_cnn")
+    parser.add_argument("--scale", type=int, default=4, choices=(4, 8))
+    parser.add_argument("--role", default="test", choices=("validation", "test"),
+                        help="validation blocks to choose a recipe, test blocks only to report")
+    parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side (NIQE needs >= 2 x 96 px)")
+    parser.add_argument("--niqe", type=Path, default=None, help="NIQE parameters (default: beside the manifest)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
+    methods = build_methods(args.scale, args.weights, args.reference)
+    start = time.monotonic()
+    scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile)
+    table = format_table(scores, niqe_model, list(methods), args.scale, args.role)
+    table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation, seed "
+              f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
+              f"Command: python -m benchmarks.quality {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    print(table)
+    print(f"({time.monotonic() - start:.0f} s)", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
