@@ -134,7 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-clock training budget")
     parser.add_argument("--scale", type=int, default=4, choices=(4, 8))
-    parser.add_argument("--out", type=Path, default=None, help="weights file (default runs/reference_cnn_xS.safetensors)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="weights file (default runs/reference_cnn_xS.safetensors)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The issue-6 benchmark helpers: the reference CNN's size and weights round trip, GDAL resampling, the quality table."""
+"""Issue-6 benchmark helpers: reference CNN size and weights round trip, GDAL resampling, the quality table."""
 
 from __future__ import annotations
 

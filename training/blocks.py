@@ -47,7 +47,8 @@ def check_separation(blocks: dict[str, list[Block]], gap: int) -> None:
             for a in blocks.get(first, []):
                 for b in blocks.get(second, []):
                     if separation(a, b) < gap:
-                        raise ValueError(f"{first} block {a.as_list()} is within {gap} px of {second} block {b.as_list()}")
+                        raise ValueError(f"{first} block {a.as_list()} is within {gap} px "
+                                         f"of {second} block {b.as_list()}")
 
 
 def split_scene(width: int, height: int, *, cell: int, gap: int, seed: int,

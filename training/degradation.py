@@ -204,7 +204,7 @@ def _quadratic_form(size: int, sigma_x: float, sigma_y: float, rotation: float) 
 
 
 def gaussian_kernel(size: int, sigma_x: float, sigma_y: float, rotation: float, beta: float = 1.0) -> torch.Tensor:
-    """(Generalised) Gaussian exp(-½ (xᵀΣ⁻¹x)^β), normalised and padded to MAX_KERNEL; β = 1 is the Gaussian."""
+    """(Generalised) Gaussian exp(-½ (xᵀΣ⁻¹x)^β), normalised, padded to MAX_KERNEL; β = 1 is the Gaussian."""
     kernel = torch.exp(-0.5 * _quadratic_form(size, sigma_x, sigma_y, rotation).pow(beta))
     return _pad(kernel / kernel.sum())
 
