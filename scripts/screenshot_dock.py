@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="slimdiffsr-shot-") as temp:
         work = Path(temp)
         write_profile(work)
-        config = {"out": str(Path(args.out).resolve()), "weights": args.weights, "sample": str(SAMPLE),
+        # A copy, so the statistics QGIS writes beside a raster (.aux.xml) stay out of the repository.
+        sample = work / SAMPLE.name
+        shutil.copy2(SAMPLE, sample)
+        config = {"out": str(Path(args.out).resolve()), "weights": args.weights, "sample": str(sample),
                   "results": str(work / "results"), "size": [int(v) for v in args.size.split("x")]}
         code = work / "startup.py"
         code.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'scripts')!r})\nimport screenshot_dock\n"

@@ -14,7 +14,7 @@ from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException, QgsProces
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
-from .client import BackendClient, BackendError
+from .client import BackendClient, BackendError, cuda_notice
 from .request_builder import LayerNotAFile, build_request, layer_file_path
 from .settings import DEVICES, load_settings
 
@@ -113,6 +113,9 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             result = client.run(request, progress=progress, is_cancelled=feedback.isCanceled)
         except BackendError as error:
             raise QgsProcessingException(f"SlimDiffSR: {error}") from None
+        notice = cuda_notice(client.hello, request["device"])
+        if notice:
+            feedback.pushWarning(notice)
         feedback.pushInfo(f"wrote {result['output']} ({result['width']} x {result['height']} px) "
                           f"in {result['seconds']:.1f} s on {result['device']}")
         return {self.OUTPUT: result["output"]}

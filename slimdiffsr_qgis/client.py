@@ -285,3 +285,11 @@ def describe_exit(code: int, stderr_tail: str) -> str:
                     "try a smaller tile size or extent, or close other programs. It restarts on the next run.")
         return f"the backend process crashed ({name}); it restarts on the next run.\n{stderr_tail}"
     return f"the backend process exited unexpectedly (exit code {code}); it restarts on the next run.\n{stderr_tail}"
+
+
+def cuda_notice(hello: Optional[dict[str, Any]], device: str) -> str:
+    """A sentence when device "auto" ran on the CPU because the backend has no usable CUDA; empty otherwise."""
+    environment = (hello or {}).get("environment", {})
+    if device == "auto" and environment and not environment.get("cuda", False):
+        return f"No usable GPU ({environment.get('cuda_detail', 'CUDA unavailable')}), so the CPU was used."
+    return ""

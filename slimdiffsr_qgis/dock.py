@@ -17,7 +17,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                  QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from .client import BackendClient
+from .client import BackendClient, cuda_notice
 from .plan_check import describe_plan
 from .request_builder import (LayerNotAFile, build_request, default_output_path, layer_file_path, parse_bands,
                               result_layer_name)
@@ -321,7 +321,7 @@ class SuperResolveDock(QDockWidget):
             self.show_status(f"Failed: {error}", error=True)
             return
         self.progress_bar.setValue(100)
-        notice = environment_notice(self.client.hello, task.request["device"])
+        notice = cuda_notice(self.client.hello, task.request["device"])
         self.show_status(f"Added '{name}': {result['width']} x {result['height']} px in {result['seconds']:.1f} s "
                          f"on {result['device']}. Saved as {result['output']}." + (f" {notice}" if notice else ""))
 
@@ -333,16 +333,10 @@ class SuperResolveDock(QDockWidget):
     def shutdown(self) -> None:
         """Stop any running task and release the map tool before the plugin unloads."""
         if self.task is not None:
+            # The panel is about to be deleted: the task must not report back to it.
+            self.task.on_finished = lambda task, ok: None
             self.task.cancel()
         canvas = self.iface.mapCanvas()
         if canvas.mapTool() is self._extent_tool:
             canvas.unsetMapTool(self._extent_tool)
-
-
-def environment_notice(hello: Optional[dict[str, Any]], device: str) -> str:
-    """A sentence when the user may expect a GPU but the backend has no usable CUDA; empty otherwise."""
-    environment = (hello or {}).get("environment", {})
-    if device == "auto" and environment and not environment.get("cuda", False):
-        return f"No usable GPU ({environment.get('cuda_detail', 'CUDA unavailable')}), so the CPU was used."
-    return ""
 

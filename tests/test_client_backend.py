@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from plugin_fixtures import PLUGIN_DIR, backend_python, one_thread_backends, write_rgb, write_tiny_weights
-from slimdiffsr_qgis.client import BackendClient, BackendError, describe_exit
+from slimdiffsr_qgis.client import BackendClient, BackendError, cuda_notice, describe_exit
 from slimdiffsr_qgis.interpreter import backend_launch
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
@@ -161,3 +161,13 @@ def test_exit_descriptions_tell_a_kill_from_a_crash_from_an_exit():
     assert "SIGKILL" in describe_exit(-9, "") and "memory" in describe_exit(-9, "")
     assert "SIGSEGV" in describe_exit(-11, "tail")
     assert "exit code 1" in describe_exit(1, "Traceback ...")
+
+
+def test_device_auto_without_usable_cuda_brings_a_cpu_notice(client):
+    hello = client.start()
+    if hello["environment"]["cuda"]:
+        assert cuda_notice(hello, "auto") == ""
+    else:
+        assert "the CPU was used" in cuda_notice(hello, "auto")
+        assert hello["environment"]["cuda_detail"] in cuda_notice(hello, "auto")
+    assert cuda_notice(hello, "cpu") == ""

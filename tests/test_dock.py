@@ -131,6 +131,22 @@ def test_cancel_mid_run_stops_leaves_no_file_and_the_dock_works_again(qgis_iface
     assert dock.client.starts == 1
 
 
+def test_unloading_the_plugin_during_a_run_stops_it_without_touching_the_deleted_panel(plugin, dock, tmp_path):
+    from qgis.core import QgsApplication
+
+    layer = add_raster(write_rgb(tmp_path / "large.tif", 256, 192), "large")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    output = tmp_path / "results" / "unloaded.tif"
+    dock.output_widget.setFilePath(str(output))
+    task = dock.start()
+    wait_until(lambda: task.progress() > 0, BOUND, "the run to start")
+    backend = plugin.client()._process
+    plugin.unload()
+    wait_until(lambda: QgsApplication.taskManager().countActiveTasks() == 0, BOUND, "the task to end")
+    assert backend.poll() is not None and not output.exists()
+
+
 def test_estimate_shows_size_tiles_and_free_disk_without_running(qgis_iface, dock, tmp_path):
     layer = add_raster(write_rgb(tmp_path / "in.tif", 64, 32), "in")
     dock.layer_combo.setLayer(layer)

@@ -82,7 +82,7 @@ def test_the_zip_has_one_top_folder_with_metadata_icons_license_and_the_backend_
         wheel_names = zipfile.ZipFile(wheel_file).namelist()
     assert "backend/server.py" in wheel_names and "backend/engine.py" in wheel_names
     shipped = [p.relative_to(REPO / "resources").as_posix() for p in (REPO / "resources").rglob("*")
-               if p.is_file() and p.parts[-2] in ("weights", "sample")]
+               if p.is_file() and p.parts[-2] in ("weights", "sample") and not p.name.endswith(".aux.xml")]
     assert shipped, "the repository ships resources"
     missing = [name for name in shipped if f"slimdiffsr_resources/{name}" not in wheel_names]
     assert missing == [], "default weights and the sample raster travel inside the wheel"
