@@ -75,10 +75,15 @@ class BackendClient:
     def start(self) -> dict[str, Any]:
         """Start the backend unless it runs already; returns its `hello`."""
         with self._start_lock:
-            if self.is_running():
-                return self._hello
+            self._ensure_process()
+            return self._hello
+
+    def _ensure_process(self) -> tuple[subprocess.Popen, threading.Thread]:
+        """The live process and its event reader, started if needed; call with the start lock held."""
+        if not self.is_running():
             self._stop_process(timeout=2.0)
-            return self._start_process()
+            self._start_process()
+        return self._process, self._threads[0]
 
     def run(self, request: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None,
             is_cancelled: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
@@ -89,9 +94,13 @@ class BackendClient:
         """
         return self._request("run", request, progress=progress, is_cancelled=is_cancelled)
 
-    def plan(self, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-        """Validate a request and get its output size, tiles, disk need and time estimate."""
-        return self._request("plan", request, timeout=timeout)
+    def plan(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Validate a request and get its output size, tiles, disk need and time estimate.
+
+        Plans queue behind runs in the backend, so there is no time limit here;
+        a backend that dies still ends the wait with a `crashed` error.
+        """
+        return self._request("plan", request)
 
     def ping(self, timeout: float = 10.0) -> dict[str, Any]:
         """Round-trip to the backend (answered even during a run)."""
@@ -109,8 +118,8 @@ class BackendClient:
     def _request(self, op: str, fields: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None,
                  is_cancelled: Optional[Callable[[], bool]] = None,
                  timeout: Optional[float] = None) -> dict[str, Any]:
-        self.start()
-        process, reader = self._process, self._threads[0]
+        with self._start_lock:
+            process, reader = self._ensure_process()
         request_id = next(self._ids)
         events: "queue.Queue[dict[str, Any]]" = queue.Queue()
         with self._waiters_lock:
@@ -144,17 +153,16 @@ class BackendClient:
             with self._waiters_lock:
                 self._waiters.pop(request_id, None)
 
-    def _send(self, message: dict[str, Any], process: Optional[subprocess.Popen] = None) -> None:
-        process = process or self._process
+    def _send(self, message: dict[str, Any], process: subprocess.Popen) -> None:
         line = (json.dumps(message) + "\n").encode("utf-8")
         try:
             with self._write_lock:
                 process.stdin.write(line)
                 process.stdin.flush()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             raise BackendError("crashed", self._exit_message(process)) from None
 
-    def _start_process(self) -> dict[str, Any]:
+    def _start_process(self) -> None:
         spec = self._launch()
         self._stderr.clear()
         self._hello = None
@@ -188,7 +196,6 @@ class BackendClient:
             self._stop_process(timeout=2.0)
             raise BackendError(*self._startup_failure(hello, spec.argv[0]))
         self._hello = hello
-        return hello
 
     def _startup_failure(self, event: dict[str, Any], python: str) -> tuple[str, str]:
         """Turn a backend that died or complained before `hello` into an actionable message."""
