@@ -31,7 +31,7 @@ from osgeo import gdal
 
 from backend.engine import super_resolve_array
 from backend.request import RunRequest
-from training.data import evaluation_tiles, scenes_from_manifest
+from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample, degrade
 from training.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
 
@@ -141,6 +141,10 @@ def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]
 
         model = load(weights)
         _check_scale(model.scale, scale, weights)
+        trained_with = model.meta.get("normalisation", DEFAULT_SPEC)
+        if trained_with != DEFAULT_SPEC:
+            print(f"note: {weights.name} was trained with normalisation {trained_with}; "
+                  f"this benchmark feeds it {DEFAULT_SPEC}", file=sys.stderr)
         methods[f"SlimDiffSR ({weights.name})"] = model_upsampler(model)
     return methods
 

@@ -7,7 +7,8 @@ a final resize to HR/scale combined with a sinc filter (ringing/overshoot),
 in either order with JPEG. Every random draw comes from the torch.Generator
 passed in (no global RNG), so a seed gives the same LR on any machine; all
 operations are batched over [B, 3, H, W] tensors in [0, 1], each sample with
-its own parameters.
+its own kernel, noise and JPEG quality (a stage's resize factor is drawn once
+per batch, since sizes must agree within it, as in the paper's training code).
 """
 
 from __future__ import annotations
