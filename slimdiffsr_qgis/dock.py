@@ -48,6 +48,7 @@ class SuperResolveDock(QDockWidget):
         self._drawn: Optional[tuple[QgsRectangle, QgsCoordinateReferenceSystem]] = None
         self._previous_tool = None
         self._input_layer_id = ""
+        self._restart_after_run = False
         self._extent_tool = QgsMapToolExtent(iface.mapCanvas())
         self._extent_tool.extentChanged.connect(self._on_rectangle_drawn)
         self.settings = load_settings()
@@ -167,8 +168,7 @@ class SuperResolveDock(QDockWidget):
         self.torch_edit.setToolTip("What set-up asks pip for, e.g. torch==2.13.0 --index-url <a CUDA build index>")
         form.addRow("PyTorch for set-up", self.torch_edit)
         self.python_widget.fileChanged.connect(self._on_backend_python_changed)
-        for widget in (self.folder_widget,):
-            widget.fileChanged.connect(lambda _path: self.save_choices())
+        self.folder_widget.fileChanged.connect(lambda _path: self.save_choices())
         self.tile_spin.valueChanged.connect(lambda _value: self.save_choices())
         self.overlap_spin.valueChanged.connect(lambda _value: self.save_choices())
         self.torch_edit.editingFinished.connect(self.save_choices)
@@ -194,8 +194,12 @@ class SuperResolveDock(QDockWidget):
 
     def _on_backend_python_changed(self, _path: str) -> None:
         self.save_choices()
-        # The next request starts the backend with the newly chosen interpreter.
-        self.client.stop()
+        # The next request starts the backend with the newly chosen interpreter;
+        # a run in progress finishes on the old one first.
+        if self.task is None:
+            self.client.stop()
+        else:
+            self._restart_after_run = True
 
     def set_extent_source(self, key: str) -> None:
         """Select canvas / layer / drawn by key."""
@@ -295,6 +299,9 @@ class SuperResolveDock(QDockWidget):
     def _on_finished(self, task: SuperResolveTask, ok: bool) -> None:
         self.task = None
         self._set_running(False)
+        if self._restart_after_run:
+            self._restart_after_run = False
+            self.client.stop()
         if task.plan_only and ok:
             return
         if ok and task.result is not None:

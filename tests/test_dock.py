@@ -158,6 +158,24 @@ def test_estimate_shows_size_tiles_and_free_disk_without_running(qgis_iface, doc
     assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
 
 
+def test_a_drawn_rectangle_sets_the_extent_and_the_map_tool_is_given_back(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 64, 32), "in")
+    show_on_canvas(qgis_iface, layer, layer.extent())
+    canvas = qgis_iface.mapCanvas()
+    before = canvas.mapTool()
+    dock.layer_combo.setLayer(layer)
+    dock.draw_button.click()
+    drawing = canvas.mapTool()
+    assert drawing is not None and drawing is not before
+    drawing.extentChanged.emit(QgsRectangle(ORIGIN[0] + 10 * PIXEL, ORIGIN[1] - 30 * PIXEL,
+                                            ORIGIN[0] + 30 * PIXEL, ORIGIN[1] - 10 * PIXEL))
+    assert canvas.mapTool() is before
+    assert dock.extent_combo.currentData() == "drawn"
+    dock.estimate_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the estimate")
+    assert "80 x 80 px" in dock.status_label.text()
+
+
 def test_a_web_layer_is_refused_with_a_message_and_nothing_starts(qgis_iface, dock):
     tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/%7Bz%7D/%7Bx%7D/%7By%7D.png&zmax=19&zmin=0",
                            "OpenStreetMap", "wms")
