@@ -121,3 +121,13 @@ def test_manifest_scenes_resolve_paths_beside_the_manifest(tmp_path):
                         '"blocks": {"train": [[0, 0, 96, 96]], "validation": [], "test": []}}]}')
     loaded = scenes_from_manifest(manifest)
     assert loaded[0].path == scene.path and loaded[0].blocks["train"] == [Block(0, 0, 96, 96)]
+
+
+def test_worker_processes_give_the_same_items_as_the_main_process(tmp_path):
+    dataset = CropDataset([_scene(tmp_path, "w")], crop=32, length=4, seed=1)
+    dataset[0]  # opens the file here: the open dataset must not be sent to the worker
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1)
+    batches = list(loader)
+    expected = torch.stack([dataset[i]["hr"] for i in range(4)])
+    torch.testing.assert_close(torch.cat([b["hr"] for b in batches]), expected, rtol=0, atol=0)
+    assert batches[0]["sensor"] == ["s2", "s2"]
