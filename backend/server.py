@@ -36,7 +36,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional, TextIO
 
 from . import __version__
-from .errors import BadInput, Cancelled, SlimDiffSRError
+from .errors import Cancelled, SlimDiffSRError
 from .request import RunRequest
 
 PROTOCOL_VERSION = 1

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from plugin_fixtures import PLUGIN_DIR, backend_python, one_thread_backends, write_rgb, write_tiny_weights
+from plugin_fixtures import PLUGIN_DIR, backend_python, write_rgb, write_tiny_weights
+from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from slimdiffsr_qgis.client import BackendClient, BackendError, cuda_notice, describe_exit
 from slimdiffsr_qgis.interpreter import backend_launch
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
-assert one_thread_backends
 BOUND = 60.0
 
 

@@ -9,13 +9,13 @@ from osgeo import gdal
 from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
                        QgsRectangle)
 
-from plugin_fixtures import one_thread_backends, wait_until, write_rgb, write_tiny_weights
+from plugin_fixtures import wait_until, write_rgb, write_tiny_weights
+from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
 from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
-assert one_thread_backends
 BOUND = 90.0
 
 

@@ -14,7 +14,8 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QDockWidget
 
-from plugin_fixtures import REPO, extract_into_profile, one_thread_backends, plugin_zip
+from plugin_fixtures import REPO, extract_into_profile, plugin_zip
+from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from slimdiffsr_qgis import classFactory
 
 BACKEND_THREADS = {"slimdiffsr-events", "slimdiffsr-stderr"}

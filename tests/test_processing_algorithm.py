@@ -11,12 +11,12 @@ from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingMode
                        QgsProcessingModelOutput, QgsProcessingModelParameter, QgsProcessingParameterRasterLayer,
                        QgsRasterLayer)
 
-from plugin_fixtures import one_thread_backends, write_rgb, write_tiny_weights
+from plugin_fixtures import write_rgb, write_tiny_weights
+from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
-assert one_thread_backends
 
 
 @pytest.fixture
