@@ -27,6 +27,7 @@ message can never corrupt a protocol line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import sys
@@ -208,6 +209,9 @@ def protocol_stream() -> TextIO:
 def main() -> int:
     """Entry point of `python -m backend.server` and `slimdiffsr serve`; returns the exit code."""
     out = protocol_stream()
+    # The engine logs its choices (device, normalisation, model) at INFO; on stderr
+    # they reach the plugin's log panel. basicConfig keeps `slimdiffsr serve`'s own set-up.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         # Imported here, not at module top, so a missing torch becomes a protocol
         # message the plugin can show instead of a bare traceback.
