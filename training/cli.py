@@ -56,6 +56,7 @@ def main(stage: str, build_task: TaskFactory, description: str, argv: Optional[S
 def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], dataset: Optional[Dataset] = None,
               max_minutes: Optional[float] = None) -> Outcome:
     """Train one stage as `config` says; `dataset` replaces the configured training data (tests)."""
+    apply_cpu_threads(config)
     processes = distributed.start(config.get("device", "auto"))
     try:
         loop = loop_config(config, stage)
@@ -75,6 +76,12 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
         return train(task, loop, batches, stage_dir(config, stage), processes, max_minutes, provenance)
     finally:
         distributed.stop(processes)
+
+
+def apply_cpu_threads(config: dict[str, Any]) -> None:
+    """Use the config's `cpu_threads` for torch's CPU ops, when it sets one (default: torch's own choice)."""
+    if config.get("cpu_threads"):
+        torch.set_num_threads(int(config["cpu_threads"]))
 
 
 def _device_name(device: torch.device) -> str:

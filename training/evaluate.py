@@ -27,6 +27,7 @@ from backend.errors import BadInput, SlimDiffSRError
 from backend.models import load
 from backend.models.bicubic import BicubicUpscaler
 
+from .cli import apply_cpu_threads
 from .config import load_config, product_path, section, stage_dir
 from .data import evaluation_tiles
 from .degradation import bicubic_downsample
@@ -121,6 +122,7 @@ def markdown(rows: list[Row], caption: str) -> str:
 def run(config: dict[str, Any], models: Optional[Sequence[str]] = None, role: Optional[str] = None,
         niqe_params: Optional[str] = None, lpips_weights: Optional[str] = None, out: Optional[Path] = None) -> Path:
     """Evaluate and write the table; returns its path."""
+    apply_cpu_threads(config)
     settings = section(config, "evaluate")
     scale = int(config["scale"])
     role = role or settings.get("role", "test")
