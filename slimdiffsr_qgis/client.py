@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional
 
 from .interpreter import LaunchSpec
 
+# The protocol version of backend/server.py this client speaks (the plugin never imports the backend).
+PROTOCOL_VERSION = 1
 TERMINAL_EVENTS = ("result", "error", "plan", "pong", "info", "bye")
 STDERR_LINES_KEPT = 200
 POLL_SECONDS = 0.05
@@ -195,6 +197,10 @@ class BackendClient:
         if hello.get("event") != "hello":
             self._stop_process(timeout=2.0)
             raise BackendError(*self._startup_failure(hello, spec.argv[0]))
+        problem = protocol_problem(hello, spec.argv[0])
+        if problem:
+            self._stop_process(timeout=2.0)
+            raise BackendError("incompatible", problem)
         self._hello = hello
 
     def _startup_failure(self, event: dict[str, Any], python: str) -> tuple[str, str]:
@@ -277,6 +283,15 @@ class BackendClient:
         self._threads = []
         self._process = None
         self._hello = None
+
+
+def protocol_problem(hello: dict[str, Any], python: str) -> str:
+    """Why a backend that said hello cannot serve this plugin (another protocol version); empty if it can."""
+    version = hello.get("protocol")
+    if version == PROTOCOL_VERSION:
+        return ""
+    return (f"the backend in {python} speaks protocol {version} (package {hello.get('version', '?')}) but this "
+            f"plugin speaks protocol {PROTOCOL_VERSION}; update the backend with 'Set up backend' in the panel")
 
 
 def describe_exit(code: int, stderr_tail: str) -> str:

@@ -12,7 +12,8 @@ import pytest
 
 from plugin_fixtures import PLUGIN_DIR, backend_python, write_rgb, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
-from slimdiffsr_qgis.client import BackendClient, BackendError, cuda_notice, describe_exit
+from slimdiffsr_qgis.client import (PROTOCOL_VERSION, BackendClient, BackendError, cuda_notice, describe_exit,
+                                    protocol_problem)
 from slimdiffsr_qgis.interpreter import backend_launch
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
@@ -54,6 +55,15 @@ def run_in_thread(target) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread, outcome
+
+
+def test_the_plugin_and_the_backend_speak_the_same_protocol_version(client):
+    from backend.server import PROTOCOL_VERSION as SERVER_PROTOCOL
+
+    hello = client.start()
+    assert hello["protocol"] == SERVER_PROTOCOL == PROTOCOL_VERSION and protocol_problem(hello, "py") == ""
+    message = protocol_problem({**hello, "protocol": PROTOCOL_VERSION + 1}, "/venv/bin/python")
+    assert "/venv/bin/python speaks protocol 2" in message and "Set up backend" in message
 
 
 def test_many_requests_reuse_one_backend_process(client, request_for):
