@@ -98,8 +98,9 @@ def test_a_batch_of_three_inputs_starts_the_backend_once(plugin, tmp_path, weigh
         raster = write_rgb(tmp_path / f"in{index}.tif", 32, 16, seed=index)
         outputs.append(processing.run("slimdiffsr:superresolve", {
             "INPUT": raster, "SCALE": "4", "WEIGHTS": weights, "DEVICE": "cpu", "TILE_SIZE": 16, "OVERLAP": 2,
-            "OUTPUT": str(tmp_path / f"out{index}.tif")})["OUTPUT"])
+            "OUTPUT": str(tmp_path / f"out{index}.tif") if index else "TEMPORARY_OUTPUT"})["OUTPUT"])
     assert all(Path(p).is_file() for p in outputs)
+    assert Path(outputs[0]).suffix == ".tif", "a temporary output is a GeoTIFF too"
     assert plugin.client().starts == 1
 
 
