@@ -13,7 +13,7 @@ from plugin_fixtures import wait_until, write_rgb, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
-from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
+from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan, human_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
 BOUND = 90.0
@@ -220,3 +220,4 @@ def test_a_disk_too_small_for_the_result_is_refused_before_running():
     check_disk({**plan, "free_bytes": 10**12}, "/data/out")
     assert "time is measured on the first run" in describe_plan(plan)
     assert "about 1 min 15 s" in describe_plan({**plan, "seconds_estimate": 75})
+    assert [human_bytes(n) for n in (5, 1536, 3 * 1024**4)] == ["5 B", "1.5 KB", "3.0 TB"]
