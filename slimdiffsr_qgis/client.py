@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .interpreter import LaunchSpec
@@ -24,6 +25,9 @@ from .interpreter import LaunchSpec
 # The protocol version of backend/server.py this client speaks (the plugin never imports the backend).
 PROTOCOL_VERSION = 1
 TERMINAL_EVENTS = ("result", "error", "plan", "pong", "info", "bye")
+# How the backend names a run's output while writing it (backend/raster.py, OutputRaster):
+# a backend killed mid-run cannot remove it, so the client does.
+PARTIAL_GLOB = ".{stem}.partial-*{suffix}"
 STDERR_LINES_KEPT = 200
 POLL_SECONDS = 0.05
 
@@ -151,6 +155,10 @@ class BackendClient:
                     raise BackendError(event.get("kind", "internal"), event.get("message", "unknown error"))
                 elif kind in TERMINAL_EVENTS:
                     return event
+        except BackendError as error:
+            if op == "run" and error.kind == "crashed":
+                remove_partial_outputs(fields["output"])
+            raise
         finally:
             with self._waiters_lock:
                 self._waiters.pop(request_id, None)
@@ -283,6 +291,19 @@ class BackendClient:
         self._threads = []
         self._process = None
         self._hello = None
+
+
+def remove_partial_outputs(output: str) -> list[str]:
+    """Delete the half-written files a dead backend left beside `output`; returns their paths."""
+    target = Path(output)
+    removed = []
+    for partial in target.parent.glob(PARTIAL_GLOB.format(stem=target.stem, suffix=target.suffix)):
+        try:
+            partial.unlink()
+            removed.append(str(partial))
+        except OSError:
+            pass
+    return removed
 
 
 def protocol_problem(hello: dict[str, Any], python: str) -> str:

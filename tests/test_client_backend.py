@@ -117,6 +117,7 @@ def test_a_backend_killed_mid_run_is_reported_as_killed_and_restarted_next_time(
     error = outcome["error"]
     assert isinstance(error, BackendError) and error.kind == "crashed" and "SIGKILL" in str(error)
     assert "memory" in str(error)
+    assert list(tmp_path.glob(".k*")) == [] and not (tmp_path / "k.tif").exists(), "a partial file was left"
     assert client.run(request_for("after.tif"))["output"].endswith("after.tif")
     assert client.starts == 2
 

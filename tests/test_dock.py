@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,21 @@ def test_a_bad_band_index_is_shown_in_the_status_line(qgis_iface, dock, tmp_path
     wait_until(lambda: dock.task is None, BOUND, "the failing task")
     assert "band 7 requested" in dock.status_label.text()
     assert dock.run_button.isEnabled()
+
+
+def test_a_backend_killed_mid_run_is_reported_and_the_next_run_restarts_it(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "large.tif", 256, 192), "large")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    task = dock.start()
+    wait_until(lambda: task.progress() > 0, BOUND, "the run to start")
+    os.kill(dock.client.pid, signal.SIGKILL)
+    wait_until(lambda: dock.task is None, BOUND, "the task to notice the kill")
+    assert "killed (SIGKILL)" in dock.status_label.text() and dock.run_button.isEnabled()
+    assert list((tmp_path / "results").iterdir()) == [], "no partial output"
+    dock.estimate_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the estimate on a restarted backend")
+    assert "free on disk" in dock.status_label.text() and dock.client.starts == 2
 
 
 def test_a_missing_backend_interpreter_is_reported_and_set_up_is_offered(qgis_iface, dock, tmp_path):
