@@ -111,3 +111,24 @@ def test_invalid_config_values_are_refused_with_the_field_named():
 def test_config_round_trips_through_a_dict():
     config = StudentConfig.paper(8).replace(encoder="lr", conv2="conv3x3")
     assert StudentConfig.from_dict(config.to_dict()) == config
+
+
+def test_residual_student_starts_as_exact_bicubic_and_learns_only_the_difference():
+    import torch.nn.functional as F
+
+    config = StudentConfig.tiny(4).replace(residual=True, encoder="lr")
+    model = build(config).eval()
+    lr = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        hr = model(lr)
+    assert torch.equal(hr, F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False))
+    hr = model(lr)
+    hr.mean().backward()
+    assert model.decoder.layers[-1].weight.grad.abs().sum() > 0, "the zero-initialised last conv still learns"
+
+
+def test_compact_preset_is_small_enough_to_ship():
+    model = build(StudentConfig.compact(4))
+    parameters = sum(p.numel() for p in model.parameters())
+    assert parameters * 4 < 20 * 2**20, "fp32 weights must stay under the 20 MB shipping limit"
+    assert model.config.residual and model.config.encoder == "lr"

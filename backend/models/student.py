@@ -53,6 +53,10 @@ class SlimDiffSR(nn.Module):
         self.encoder = TinyEncoder(config.vae_channels, encoder_strides(config))
         self.unet = PrunedUNet(config)
         self.decoder = TinyDecoder(config.vae_channels)
+        if config.residual:
+            last = self.decoder.layers[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """LR [B, 3, h, w] in [0, 1] -> HR [B, 3, h*s, w*s], roughly in [0, 1] (not clamped)."""
@@ -66,10 +70,17 @@ class SlimDiffSR(nn.Module):
     def _run(self, lr: torch.Tensor, taps: Optional[dict[str, torch.Tensor]]) -> torch.Tensor:
         height, width = lr.shape[-2:]
         image = pad_to_multiple(lr, self.config.lr_multiple)
-        if self.config.encoder == "hr":
-            image = F.interpolate(image, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
-        hr = self.decoder(self.unet(self.encoder(image), taps))
-        return hr[..., : height * self.scale, : width * self.scale]
+        upsampled = None
+        if self.config.encoder == "hr" or self.config.residual:
+            upsampled = F.interpolate(image, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
+        encoder_input = upsampled if self.config.encoder == "hr" else image
+        # Channels-last all the way: oneDNN's depthwise and HR-size convs run far faster on
+        # NHWC than on NCHW, and the attention blocks' NCHW <-> token reshapes become views.
+        encoder_input = encoder_input.contiguous(memory_format=torch.channels_last)
+        hr = self.decoder(self.unet(self.encoder(encoder_input), taps))
+        if self.config.residual:
+            hr = hr + upsampled
+        return hr[..., : height * self.scale, : width * self.scale].contiguous()
 
 
 def build(config: StudentConfig) -> SlimDiffSR:
