@@ -23,6 +23,7 @@ from . import distributed
 from .batches import seeded_batches
 from .config import load_config, loop_config, stage_dir
 from .distributed import Processes
+from .inputs import training_dataset
 from .loop import Outcome, Task, seed_everything, train
 
 TaskFactory = Callable[[dict[str, Any], Processes], Task]
@@ -63,8 +64,6 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
         seed_everything(loop.seed)  # networks start from the same weights in every run of this config
         task = build_task(config, processes)
         if dataset is None:
-            from .inputs import training_dataset
-
             dataset = training_dataset(config)
         batches = seeded_batches(dataset, loop.batch_size, loop.grad_accum, loop.seed, loop.num_workers)
         provenance = {

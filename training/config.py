@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TypeVar
 
 import yaml
 
@@ -17,6 +17,7 @@ from backend.errors import BadInput
 
 from .loop import LoopConfig
 
+T = TypeVar("T")
 STAGE_FOLDERS = {"uncertainty": "uncertainty", "teacher": "teacher", "student": "student", "evaluate": "evaluation"}
 PRODUCTS = {"uncertainty": "uncertainty.safetensors", "teacher": "teacher.safetensors", "student": "student.safetensors"}
 
@@ -66,9 +67,14 @@ def product_path(config: dict[str, Any], stage: str, explicit: Optional[str] = N
 
 
 def loop_config(config: dict[str, Any], stage: str) -> LoopConfig:
-    """The stage's `loop` subsection as a LoopConfig; unknown keys are an error."""
-    values = dict(section(section(config, stage), "loop"))
+    """The stage's `loop` subsection as a LoopConfig."""
+    return settings(LoopConfig, config, stage, "loop")
+
+
+def settings(kind: type[T], config: dict[str, Any], stage: str, name: str) -> T:
+    """A stage's subsection as the dataclass `kind`; an unknown or mistyped key is a BadInput naming it."""
+    values = dict(section(section(config, stage), name))
     try:
-        return LoopConfig(**values)
+        return kind(**values)
     except TypeError as exc:
-        raise BadInput(f"config section {stage}.loop: {exc}") from None
+        raise BadInput(f"config section {stage}.{name}: {exc}") from None

@@ -33,14 +33,3 @@ def mmd2_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (
     n = x.shape[0]
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
-
-def feature_tokens(features: torch.Tensor, limit: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, C, H, W] -> at most `limit` feature vectors [N, C], sampled without replacement.
-
-    MMD costs O(N²); a random subset of positions keeps it affordable at paper scale.
-    """
-    tokens = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-    if tokens.shape[0] <= limit:
-        return tokens
-    keep = torch.randperm(tokens.shape[0], generator=generator, device="cpu")[:limit].to(tokens.device)
-    return tokens[keep]

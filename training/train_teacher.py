@@ -16,7 +16,7 @@ import torch
 
 from . import cli
 from .backbone import load_backbone, upsample_bicubic
-from .config import product_path, section
+from .config import product_path, section, settings
 from .distributed import Processes
 from .loop import Task
 from .losses import total_variation
@@ -32,16 +32,16 @@ class TeacherTask(Task):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        settings = section(config, "teacher")
+        options = section(config, "teacher")
         backbone_section = section(config, "backbone")
         self.backbone = load_backbone(backbone_section.get("source", "tiny"), backbone_section.get("prediction_type", "epsilon"))
-        estimator_path = product_path(config, "uncertainty", settings.get("uncertainty_weights"))
+        estimator_path = product_path(config, "uncertainty", options.get("uncertainty_weights"))
         self.estimator = load_uncertainty(estimator_path)
         self.scale = int(config["scale"])
-        self.teacher_config = TeacherConfig(**section(settings, "model"))
+        self.teacher_config = settings(TeacherConfig, config, "teacher", "model")
         self.generator = Teacher(self.backbone, self.teacher_config)
-        self.tv_weight = float(settings.get("tv_weight", 0.01))
-        self.reconstruction = Reconstruction(settings)
+        self.tv_weight = float(options.get("tv_weight", 0.01))
+        self.reconstruction = Reconstruction(options)
         self.critic = self.reconstruction.critic
         trainable = sum(p.numel() for p in self.generator.parameters() if p.requires_grad)
         self.notes += self.backbone.notes + self.reconstruction.notes + [

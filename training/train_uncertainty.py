@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from . import cli
 from .backbone import encode_latent, load_backbone, upsample_bicubic
-from .config import section
+from .config import section, settings
 from .distributed import Processes
 from .loop import Task
 from .uncertainty import UncertaintyConfig, UncertaintyEstimator, uncertainty_nll
@@ -34,7 +34,7 @@ class UncertaintyTask(Task):
         self.notes += backbone.notes
         self.scale = int(config["scale"])
         self.vae = backbone.vae.requires_grad_(False).eval()
-        model = UncertaintyConfig(**section(section(config, "uncertainty"), "model"))
+        model = settings(UncertaintyConfig, config, "uncertainty", "model")
         model.latent_channels = int(self.vae.config.latent_channels)
         self.model_config = model
         self.generator = UncertaintyEstimator(model)

@@ -1,0 +1,37 @@
+"""Evaluation compares bicubic and student weights on the same tiles and writes a Markdown table."""
+
+import pytest
+import torch
+
+from backend.errors import BadInput
+from backend.models import StudentConfig, build, save
+from rasters import smooth_image
+from training.evaluate import evaluate, markdown
+from training.perceptual import LPIPS
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def student_x4(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "student_x4.safetensors"
+    save(build(StudentConfig.tiny(4)), path, {"normalisation": "percentile:2,98"})
+    return str(path)
+
+
+def test_table_lists_bicubic_and_the_student_with_lpips_when_its_weights_are_given(student_x4):
+    tiles = [torch.from_numpy(smooth_image(3, 32, 32, seed=s)).float() for s in range(2)]
+    rows = evaluate(["bicubic", student_x4], tiles, 4, torch.device("cpu"), niqe_model=None, lpips=LPIPS())
+    assert [r.name for r in rows] == ["bicubic (baseline)", "student_x4.safetensors"]
+    assert rows[0].parameters == 0 and rows[1].parameters > 0
+    assert all(r.seconds > 0 and r.lpips is not None and 0 < r.ssim <= 1 for r in rows)
+    table = markdown(rows, "caption")
+    assert table.count("\n| ") == 3 and "| n/a |" in table  # header + 2 rows; NIQE not measured
+
+
+def test_a_model_of_another_scale_is_refused(tmp_path):
+    path = tmp_path / "x8.safetensors"
+    save(build(StudentConfig.tiny(8)), path)
+    with pytest.raises(BadInput, match="x8 model"):
+        evaluate([str(path)], [torch.rand(3, 32, 32)], 4, torch.device("cpu"), None, None)
