@@ -32,6 +32,7 @@ from .reconstruction import Reconstruction
 from .teacher import load_teacher
 
 NO_TEACHER = "none"
+STUDENT_PRESETS = ("paper", "compact", "tiny")
 
 
 class StudentAndAdapters(nn.Module):
@@ -89,10 +90,17 @@ class StudentTask(Task):
                 raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
             return student, f"student: fine-tuning from {init}"
         preset = settings.get("preset", "paper")
-        if preset not in ("paper", "tiny"):
-            raise BadInput(f"student.preset must be 'paper' or 'tiny', not {preset!r}")
-        config = getattr(StudentConfig, preset)(self.scale).replace(encoder=settings.get("encoder", "hr"))
-        return build(config), f"student: new {preset} x{self.scale} student, {config.encoder} encoder layout"
+        if preset not in STUDENT_PRESETS:
+            raise BadInput(f"student.preset must be one of {', '.join(STUDENT_PRESETS)}, not {preset!r}")
+        changes = dict(settings.get("config") or {})  # any StudentConfig field, e.g. {residual: true}
+        if "encoder" in settings:
+            changes["encoder"] = settings["encoder"]
+        try:
+            config = getattr(StudentConfig, preset)(self.scale).replace(**changes)
+        except (TypeError, ValueError) as error:
+            raise BadInput(f"student.config: {error}") from None
+        return build(config), (f"student: new {preset} x{self.scale} student, {config.encoder} encoder layout"
+                               f"{', bicubic residual' if config.residual else ''}")
 
     def _teacher_channels(self, student: nn.Module, taps: list[str]) -> dict[str, int]:
         """Run the teacher once on a small input to learn its tap widths (diffusers blocks do not expose them)."""
