@@ -1,10 +1,12 @@
 """The teacher: one-step ẑ0 for ε and v prediction, LoRA-only training, a self-contained weights file,
 and the paper-scale code paths (a local diffusers folder, a local DINO discriminator) at tiny size."""
 
+import json
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from transformers import Dinov2Config, Dinov2Model
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
 from backend.errors import BadInput
 from backend.models import StudentConfig, build, feature_channels
@@ -109,3 +111,25 @@ def test_student_taps_pair_with_an_sd_layout_teacher_whose_deep_levels_are_coars
     (mse + mmd).backward()
     assert torch.isfinite(mse) and mmd >= 0
     assert student.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_null_prompt_is_the_folders_clip_embedding_of_the_empty_prompt(tmp_path):
+    tiny = load_backbone("tiny")
+    tiny.unet.save_pretrained(tmp_path / "unet")
+    tiny.vae.save_pretrained(tmp_path / "vae")
+    scheduler_from("epsilon").save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=8)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    encoder.save_pretrained(tmp_path / "text_encoder")
+    backbone = load_backbone(str(tmp_path))
+    with torch.no_grad():
+        expected = encoder(torch.tensor([[0] + [1] * 7]))[0]
+    assert torch.allclose(backbone.null_embedding, expected, atol=1e-6)
+    assert any("CLIP embedding" in note for note in backbone.notes)
+    teacher = Teacher(backbone, SMALL)
+    assert torch.equal(teacher.trainable_state()["null_embedding"], backbone.null_embedding)
