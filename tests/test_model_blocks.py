@@ -13,7 +13,7 @@ from backend.models.operators import (
     SelfAttention,
 )
 from backend.models.unet import AttentionBlock, Downsample, PrunedUNet, ResBlock, Upsample
-from backend.models.vae import TinyBlock, TinyDecoder, TinyEncoder
+from backend.models.vae import NearestUpsampleConv, TinyBlock, TinyDecoder, TinyEncoder
 
 torch.set_num_threads(1)
 TINY = StudentConfig.tiny(4)
@@ -219,3 +219,21 @@ def test_resblock_with_silent_second_conv_is_its_shortcut():
 def test_downsample_halves_and_upsample_doubles_the_grid():
     assert Downsample(8)(torch.randn(1, 8, 10, 6)).shape == (1, 8, 5, 3)
     assert Upsample(8)(torch.randn(1, 8, 5, 3)).shape == (1, 8, 10, 6)
+
+
+def test_upsampling_conv_doubles_the_grid_and_passes_gradients():
+    conv = NearestUpsampleConv(6, 4)
+    out = conv(torch.randn(2, 6, 5, 3))
+    assert out.shape == (2, 4, 10, 6)
+    assert_all_parameters_get_gradients(conv, out)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampling_conv_equals_nearest_upsampling_then_the_3x3_conv(channels_last):
+    conv = NearestUpsampleConv(6, 4).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upsampled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    expected = torch.nn.functional.conv2d(upsampled, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), expected, rtol=0, atol=1e-12)

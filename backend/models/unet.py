@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import StudentConfig
 from .operators import DirectionSeparableConv, FrequencySeparableConv, QueryGlobalAggregation, SelfAttention
-from .vae import conv3x3
+from .vae import NearestUpsampleConv, conv3x3
 
 NORM_EPS = 1e-5  # SD-2.1's resnet_eps
 ATTENTION_NORM_EPS = 1e-6  # SD's Transformer2DModel GroupNorm
@@ -128,14 +128,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest 2x then 3x3 conv (diffusers' Upsample2D)."""
+    """Nearest 2x then 3x3 conv (diffusers' Upsample2D), computed on the small grid."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = conv3x3(channels, channels)
+        self.conv = NearestUpsampleConv(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(x)
 
 
 class DownBlock(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BLOCKS_PER_STAGE = (1, 3, 3, 3)
@@ -22,6 +23,45 @@ BLOCKS_PER_STAGE = (1, 3, 3, 3)
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     """A 3x3 convolution that keeps the size (or halves it with stride 2)."""
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+
+
+class NearestUpsampleConv(nn.Conv2d):
+    """2x nearest upsampling followed by this 3x3 conv, computed as four 2x2 convs on the small grid.
+
+    Equal to `conv(interpolate(x, scale_factor=2, mode="nearest"))` (zero padding), but
+    each output phase (even/odd row x even/odd column) sees only two input rows and
+    columns, whose 3x3 taps sum to a 2x2 kernel: 16 instead of 36 multiply-adds per
+    input pixel, and no upsampled copy of the input. The parameters are the 3x3 conv's,
+    so weights map as for the plain layer.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    @staticmethod
+    def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+        """Sum the 3 taps along `dim` into the 2 input positions one output phase sees."""
+        first, middle, last = weight.unbind(dim)
+        pair = (first, middle + last) if phase == 0 else (first + middle, last)
+        return torch.stack(pair, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        padded = F.pad(x, (1, 1, 1, 1))
+        phases = {}
+        for row in (0, 1):
+            rows = self._fold(self.weight, 2, row)
+            for col in (0, 1):
+                kernel = self._fold(rows, 3, col)
+                phases[row, col] = F.conv2d(padded[:, :, row:row + height + 1, col:col + width + 1], kernel, self.bias)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        first = phases[0, 0]
+        out = torch.empty(
+            (batch, self.out_channels, 2 * height, 2 * width), dtype=first.dtype, device=first.device, memory_format=layout
+        )
+        for (row, col), phase in phases.items():
+            out[:, :, row::2, col::2] = phase
+        return out
 
 
 class TinyBlock(nn.Module):
@@ -84,11 +124,12 @@ class TinyDecoder(nn.Module):
                 index += 1
                 layers[str(index)] = TinyBlock(channels)
             final = stage == len(stages) - 1
-            if not final:
+            if final:
                 index += 1
-                layers[str(index)] = nn.Upsample(scale_factor=2, mode="nearest")
-            index += 1
-            layers[str(index)] = conv3x3(channels, 3 if final else channels, bias=final)
+                layers[str(index)] = conv3x3(channels, 3)
+            else:
+                index += 2  # TAESD's layer pair (nn.Upsample, conv) is one NearestUpsampleConv here
+                layers[str(index)] = NearestUpsampleConv(channels, channels, bias=False)
         self.layers = nn.Sequential(layers)
         self.channels = channels
 
