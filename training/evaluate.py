@@ -2,9 +2,10 @@
 
     python -m training.evaluate --config training/configs/tiny_cpu.yaml [--models bicubic W1.safetensors ...]
         [--role test] [--niqe-params data/niqe_pris_params.npz] [--lpips-weights lpips_vgg.safetensors]
+        [--dists-weights dists_vgg.safetensors]
 
 Columns: PSNR and SSIM on Y (border = scale cropped), NIQE of the outputs when
-its parameters file is given, LPIPS when its weights are given, parameters,
+its parameters file is given, LPIPS and DISTS when their weights are given, parameters,
 and seconds per 512x512 output on this machine. LR is the clean bicubic
 downsampling of each HR tile, so every model sees the same input. The default
 model list is bicubic plus the student stage's product, when it exists.
@@ -31,6 +32,7 @@ from .cli import apply_cpu_threads
 from .config import load_config, product_path, section, stage_dir
 from .data import evaluation_tiles
 from .degradation import bicubic_downsample
+from .dists import DISTS, load_dists
 from .inputs import scenes
 from .metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
 from .perceptual import LPIPS, build_perceptual
@@ -47,6 +49,7 @@ class Row:
     ssim: float
     niqe: Optional[float]
     lpips: Optional[float]
+    dists: Optional[float]
     parameters: int
     seconds: float
 
@@ -80,7 +83,7 @@ def seconds_per_output(model: nn.Module, scale: int, device: torch.device, repea
 
 @torch.no_grad()
 def evaluate(models: Sequence[str], tiles: list[torch.Tensor], scale: int, device: torch.device,
-             niqe_model: Optional[NiqeModel], lpips: Optional[LPIPS]) -> list[Row]:
+             niqe_model: Optional[NiqeModel], lpips: Optional[LPIPS], dists: Optional[DISTS] = None) -> list[Row]:
     """Figures for each model over the HR tiles ([3, H, W] in [0, 1])."""
     if not tiles:
         raise BadInput("no evaluation tiles: the chosen blocks hold no tile without nodata or cloud")
@@ -88,7 +91,7 @@ def evaluate(models: Sequence[str], tiles: list[torch.Tensor], scale: int, devic
     for spec in models:
         name, model = model_from(spec, scale)
         model.to(device)
-        psnrs, ssims, lpips_values, features = [], [], [], []
+        psnrs, ssims, lpips_values, dists_values, features = [], [], [], [], []
         for hr in tiles:
             lr = bicubic_downsample(hr[None], scale).clamp(0, 1).to(device)
             sr = model(lr).clamp(0, 1)[0].cpu()
@@ -96,12 +99,15 @@ def evaluate(models: Sequence[str], tiles: list[torch.Tensor], scale: int, devic
             ssims.append(ssim_y(sr, hr, border=scale))
             if lpips is not None:
                 lpips_values.append(float(lpips(sr[None].to(device), hr[None].to(device))))
+            if dists is not None:
+                dists_values.append(float(dists(sr[None].to(device), hr[None].to(device))))
             if niqe_model is not None:
                 features.append(niqe_features(sr, niqe_model, border=scale))
         rows.append(Row(
             name=name, psnr=statistics.fmean(psnrs), ssim=statistics.fmean(ssims),
             niqe=niqe_score(torch.cat(features), niqe_model) if features else None,
             lpips=statistics.fmean(lpips_values) if lpips_values else None,
+            dists=statistics.fmean(dists_values) if dists_values else None,
             parameters=sum(p.numel() for p in model.parameters()),
             seconds=seconds_per_output(model, scale, device),
         ))
@@ -110,17 +116,17 @@ def evaluate(models: Sequence[str], tiles: list[torch.Tensor], scale: int, devic
 
 def markdown(rows: list[Row], caption: str) -> str:
     """The table, with a caption line saying what was measured and where."""
-    lines = [caption, "", "| model | PSNR-Y (dB) | SSIM-Y | NIQE | LPIPS | parameters | s / 512² output |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [caption, "", "| model | PSNR-Y (dB) | SSIM-Y | NIQE | LPIPS | DISTS | parameters | s / 512² output |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        niqe = f"{r.niqe:.3f}" if r.niqe is not None else "n/a"
-        lpips = f"{r.lpips:.4f}" if r.lpips is not None else "n/a"
-        lines.append(f"| {r.name} | {r.psnr:.2f} | {r.ssim:.4f} | {niqe} | {lpips} | {r.parameters:,} | {r.seconds:.4f} |")
+        niqe, lpips, dists = (f"{v:.4f}" if v is not None else "n/a" for v in (r.niqe, r.lpips, r.dists))
+        lines.append(f"| {r.name} | {r.psnr:.2f} | {r.ssim:.4f} | {niqe} | {lpips} | {dists} | {r.parameters:,} | {r.seconds:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def run(config: dict[str, Any], models: Optional[Sequence[str]] = None, role: Optional[str] = None,
-        niqe_params: Optional[str] = None, lpips_weights: Optional[str] = None, out: Optional[Path] = None) -> Path:
+        niqe_params: Optional[str] = None, lpips_weights: Optional[str] = None, dists_weights: Optional[str] = None,
+        out: Optional[Path] = None) -> Path:
     """Evaluate and write the table; returns its path."""
     apply_cpu_threads(config)
     settings = section(config, "evaluate")
@@ -137,11 +143,12 @@ def run(config: dict[str, Any], models: Optional[Sequence[str]] = None, role: Op
         if len(tiles) >= limit:
             break
     niqe_params = niqe_params or settings.get("niqe_params")
-    lpips_weights = lpips_weights or settings.get("lpips_weights")
-    lpips = build_perceptual(lpips_weights)[0] if lpips_weights else None
     device = torch.device("cuda" if config.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
-    rows = evaluate(models, tiles, scale, device, NiqeModel(niqe_params) if niqe_params else None,
-                    lpips.to(device) if lpips is not None else None)
+    lpips_weights = lpips_weights or settings.get("lpips_weights")
+    lpips = build_perceptual(lpips_weights)[0].to(device) if lpips_weights else None
+    dists_weights = dists_weights or settings.get("dists_weights")
+    dists = load_dists(dists_weights).to(device) if dists_weights else None
+    rows = evaluate(models, tiles, scale, device, NiqeModel(niqe_params) if niqe_params else None, lpips, dists)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     caption = (f"x{scale} on {len(tiles)} {role} tiles of {int(settings.get('crop', 256))} px, LR = bicubic "
                f"downsampling, normalisation {spec}; timings on {where}.")
@@ -159,12 +166,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--role", choices=["train", "validation", "test"])
     p.add_argument("--niqe-params", help="niqe_pris_params.npz (from training.data_sources prepare)")
     p.add_argument("--lpips-weights", help="LPIPS-VGG16 safetensors (see training.perceptual)")
+    p.add_argument("--dists-weights", help="DISTS safetensors: VGG16 features + alpha/beta (see training.dists)")
     p.add_argument("--table", type=Path, help="where to write the Markdown table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config, args.set, args.out_dir)
-        path = run(config, args.models, args.role, args.niqe_params, args.lpips_weights, args.table)
+        path = run(config, args.models, args.role, args.niqe_params, args.lpips_weights, args.dists_weights, args.table)
     except (SlimDiffSRError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

@@ -30,6 +30,19 @@ LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 
+def vgg16_features() -> nn.Sequential:
+    """torchvision's `vgg16().features` layout (same indices, so its tensors load by name)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=False)]
+            channels = item
+    return nn.Sequential(*layers)
+
+
 class _Linear(nn.Module):
     """LPIPS's 1x1 channel weighting; `model.1` naming keeps the published checkpoints loadable."""
 
@@ -43,15 +56,7 @@ class LPIPS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for item in VGG16_LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=False)]
-                channels = item
-        self.features = nn.Sequential(*layers)
+        self.features = vgg16_features()
         for k, width in enumerate((64, 128, 256, 512, 512)):
             setattr(self, f"lin{k}", _Linear(width))
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
