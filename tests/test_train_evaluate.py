@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
-from backend.errors import BadInput
 from safetensors.torch import save_file
 
+from backend.errors import BadInput
 from backend.models import StudentConfig, build, save
 from rasters import smooth_image
 from training.dists import DISTS, load_dists
