@@ -10,6 +10,7 @@ a long-lived server loads each once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -315,9 +316,34 @@ class Engine:
                         restored = _avoid_nodata(restored, valid, source.nodata)
                     output.write(block.x, block.y, restored, valid)
                 done += 1
+                if tile.column == blender.columns - 1:
+                    release_free_memory()
                 if progress is not None:
                     progress(done, len(blender.tiles))
             output.commit()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only).
+
+    Blending allocates and frees many large, differently sized arrays; glibc
+    keeps such freed memory in its heap, so without this the resident size of
+    a long run creeps up with the raster even though live memory does not.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Optional[ctypes.CDLL]:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - absent outside glibc
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _fill_values(source: SourceRaster, window: Window, normalisation: Normalisation) -> np.ndarray:

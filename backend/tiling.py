@@ -119,6 +119,7 @@ class StreamingBlender:
         self.tiles = tile_grid(width, height, tile, overlap)
         self._xs = tile_starts(width, tile, overlap)
         self._ys = tile_starts(height, tile, overlap)
+        self.columns = len(self._xs)
         self._size = (min(tile, width), min(tile, height))
         self._x_cuts = sorted({x for s in self._xs for x in (s, s + self._size[0])})
         self._y_cuts = sorted({y for s in self._ys for y in (s, s + self._size[1])})
@@ -152,10 +153,11 @@ class StreamingBlender:
             y0, y1 = self._y_cuts[j], self._y_cuts[j + 1]
             rows = slice((y0 - tile.y) * s, (y1 - tile.y) * s)
             cols = slice((x0 - tile.x) * s, (x1 - tile.x) * s)
-            contribution = output[:, rows, cols] * np.outer(wy[rows], wx[cols])
+            weight = np.outer(wy[rows], wx[cols]).astype(self._sum_dtype, copy=False)
+            contribution = output[:, rows, cols].astype(self._sum_dtype) * weight
             total = self._pending.get((i, j))
             if total is None:
-                self._pending[(i, j)] = total = contribution.astype(self._sum_dtype)
+                self._pending[(i, j)] = contribution
             else:
                 total += contribution
             self._remaining[(i, j)] -= 1
