@@ -48,8 +48,11 @@ class Reconstruction:
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual_weight * self.perceptual(fake, real)
         if self.critic is not None:
-            terms["gan"] = self.gan_weight * generator_hinge(self.critic(fake))
-            self._pair = (real.detach(), fake.detach())
+            # The critic judges images in the valid range: unclamped, the generator could raise
+            # the critic's (unbounded) score by pushing pixel values far outside [0, 1].
+            judged = fake.clamp(0, 1)
+            terms["gan"] = self.gan_weight * generator_hinge(self.critic(judged))
+            self._pair = (real.detach(), judged.detach())
         return terms
 
     def critic_terms(self) -> dict[str, torch.Tensor]:
