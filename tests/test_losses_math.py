@@ -10,6 +10,7 @@ from backend.errors import BadInput
 from training.backbone import scheduler_from
 from training.losses import mmd2_rbf, total_variation
 from training.perceptual import LPIPS, LaplacianPyramidL1, build_perceptual
+from training.reconstruction import Reconstruction
 from training.timesteps import invert_alphas_cumprod
 from training.uncertainty import uncertainty_nll
 
@@ -97,3 +98,14 @@ def test_perceptual_loads_lpips_from_a_local_safetensors_file(tmp_path):
         bad = tmp_path / "other.safetensors"
         save_file({"weight": torch.zeros(2)}, str(bad))
         build_perceptual(str(bad))
+
+
+def test_the_critic_sees_generated_images_clamped_to_the_valid_range():
+    reconstruction = Reconstruction({"weights": {"perceptual": 0.0}, "discriminator_width": 4})
+    real = torch.rand(1, 3, 32, 32)
+    inside = torch.rand(1, 3, 32, 32)
+    blown_up = inside.clone()
+    blown_up[..., :8, :8] = 50.0
+    clamped = blown_up.clamp(0, 1)
+    with torch.no_grad():
+        assert reconstruction.generator_terms(blown_up, real)["gan"] == reconstruction.generator_terms(clamped, real)["gan"]
