@@ -31,3 +31,17 @@ quality: data
 
 side-by-side: data
 	$(PY) -m benchmarks.side_by_side --weights resources/weights/slimdiffsr_x4.safetensors --out docs/side_by_side_x4.png
+
+# The installable QGIS plugin: dist/slimdiffsr_qgis.zip with one top folder.
+.PHONY: plugin-zip train-tiny
+plugin-zip: $(STAMP)
+	$(PY) scripts/build_plugin_zip.py --out dist/
+
+# The whole training chain (stages 0 -> 1 -> 2 -> evaluate) at toy scale on CPU.
+TINY := training/configs/tiny_cpu.yaml
+train-tiny: $(STAMP)
+	$(PY) -m training.train_uncertainty --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.train_teacher --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.train_student --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.evaluate --config $(TINY) --out-dir runs/tiny_cpu
+	cat runs/tiny_cpu/evaluation/evaluation.md
