@@ -102,6 +102,7 @@ def test_perceptual_loads_lpips_from_a_local_safetensors_file(tmp_path):
 
 def test_the_critic_sees_generated_images_clamped_to_the_valid_range():
     reconstruction = Reconstruction({"weights": {"perceptual": 0.0}, "discriminator_width": 4})
+    reconstruction.critic.eval()  # spectral norm's power iteration would otherwise change it between calls
     real = torch.rand(1, 3, 32, 32)
     inside = torch.rand(1, 3, 32, 32)
     blown_up = inside.clone()
