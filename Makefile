@@ -40,6 +40,7 @@ plugin-zip: $(STAMP)
 # The whole training chain (stages 0 -> 1 -> 2 -> evaluate) at toy scale on CPU.
 TINY := training/configs/tiny_cpu.yaml
 train-tiny: $(STAMP)
+	rm -rf runs/tiny_cpu
 	$(PY) -m training.train_uncertainty --config $(TINY) --out runs/tiny_cpu
 	$(PY) -m training.train_teacher --config $(TINY) --out runs/tiny_cpu
 	$(PY) -m training.train_student --config $(TINY) --out runs/tiny_cpu
