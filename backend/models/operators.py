@@ -47,8 +47,9 @@ class FrequencySeparableConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.split(x)
-        fused = self.fusion[0] * self.low_conv(low) + self.fusion[1] * self.high_conv(high)
-        return self.mix(fused)
+        low, high = self.low_conv(low), self.high_conv(high)
+        fusion = self.fusion.to(low.dtype)  # under autocast the convs' fp16/bf16 output sets the dtype
+        return self.mix(fusion[0] * low + fusion[1] * high)
 
 
 class DirectionSeparableConv(nn.Module):
@@ -79,13 +80,16 @@ class DirectionSeparableConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         horizontal, vertical, diagonal = self.paths(x)
-        fused = self.fusion[0] * horizontal + self.fusion[1] * vertical + self.fusion[2] * diagonal
-        return self.mix(fused)
+        fusion = self.fusion.to(horizontal.dtype)
+        return self.mix(fusion[0] * horizontal + fusion[1] * vertical + fusion[2] * diagonal)
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-head attention returning (output, weights); softmax in float32 for fp16/bf16 safety."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * key.shape[-1] ** -0.5
+    """Single-head attention returning (output, weights); softmax in float32 for fp16/bf16 safety.
+
+    The query is scaled before the product so fp16 scores do not overflow.
+    """
+    scores = torch.matmul(query * key.shape[-1] ** -0.5, key.transpose(-1, -2))
     weights = scores.float().softmax(dim=-1).to(value.dtype)
     return torch.matmul(weights, value), weights
 
