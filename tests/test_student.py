@@ -78,14 +78,15 @@ def test_training_step_reaches_every_parameter():
     assert not missing
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("encoder", ["hr", "lr"])
-def test_bfloat16_autocast_and_channels_last_give_the_float32_result_closely(encoder):
+def test_half_precision_autocast_and_channels_last_give_the_float32_result_closely(encoder, dtype):
     model = build(StudentConfig.tiny(4).replace(encoder=encoder)).eval()
     lr = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         reference = model(lr)
         fast_model = model.to(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
             fast = fast_model(lr.to(memory_format=torch.channels_last))
     assert fast.shape == reference.shape
     assert (fast.float() - reference).abs().mean() < 0.05 * reference.abs().mean() + 1e-3
