@@ -81,6 +81,7 @@ def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues
     first = run(config, "uncertainty", max_minutes=0)
     assert (first.step, first.finished) == (1, False)
     assert (tmp_path / "uncertainty" / "checkpoints" / "step_1" / "state.pt").is_file()
+    assert first.product.is_file(), "a budgeted piece of a run still writes usable weights"
     second = run(config, "uncertainty")
     assert (second.step, second.finished) == (3, True)
     assert second.product.is_file()

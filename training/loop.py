@@ -225,18 +225,26 @@ def train(
         if finished or out_of_time or step % config.checkpoint_every == 0:
             _save_checkpoint(directory, step, minutes(), task, optimisers, scaler, ema, config.keep_checkpoints, processes)
         if out_of_time and not finished:
+            # A budgeted piece of a long run still yields usable weights (e.g. to ship or to fine-tune from).
+            product = _export(task, ema, directory, provenance, step, minutes(), processes)
             log.write(f"{task.name}: wall-clock budget of {max_minutes} min reached at step {step} of {config.steps}; "
-                      "run the same command again to continue")
+                      f"wrote {product}; run the same command again to continue")
             progress.close()
-            return Outcome(step=step, finished=False, notes=log.lines)
+            return Outcome(step=step, finished=False, product=product, notes=log.lines)
     progress.close()
-    product = None
-    if processes.is_main:
-        weights = dict(ema.state_dict()) if ema is not None else {}
-        weights = {**trainable_state(task.generator), **weights}
-        product = task.export(directory, weights, {**(provenance or {}), "steps": str(step), "minutes": f"{minutes():.2f}"})
-        log.write(f"{task.name}: finished {step} steps, {minutes():.2f} training minutes in all; wrote {product}")
+    product = _export(task, ema, directory, provenance, step, minutes(), processes)
+    log.write(f"{task.name}: finished {step} steps, {minutes():.2f} training minutes in all; wrote {product}")
     return Outcome(step=step, finished=True, product=product, notes=log.lines)
+
+
+def _export(task: Task, ema: Optional[EMA], directory: Path, provenance: Optional[dict[str, str]], step: int,
+            minutes: float, processes: Processes) -> Optional[Path]:
+    """Write the task's product (EMA weights where kept) on the main process; None elsewhere."""
+    if not processes.is_main:
+        return None
+    weights = dict(ema.state_dict()) if ema is not None else {}
+    weights = {**trainable_state(task.generator), **weights}
+    return task.export(directory, weights, {**(provenance or {}), "steps": str(step), "minutes": f"{minutes:.2f}"})
 
 
 def _optimiser(params: list[nn.Parameter], config: LoopConfig, lr: float) -> torch.optim.Optimizer:
