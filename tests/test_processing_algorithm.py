@@ -104,6 +104,22 @@ def test_a_batch_of_three_inputs_starts_the_backend_once(plugin, tmp_path, weigh
     assert plugin.client().starts == 1
 
 
+def test_cancelling_the_feedback_stops_the_backend_run_and_leaves_no_output(plugin, tmp_path, weights):
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    raster = write_rgb(tmp_path / "large.tif", 256, 192)
+    output = tmp_path / "cancelled.tif"
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda percent: feedback.cancel())
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run("slimdiffsr:superresolve", {"INPUT": raster, "SCALE": "4", "WEIGHTS": weights,
+                                                   "DEVICE": "cpu", "TILE_SIZE": 16, "OVERLAP": 2,
+                                                   "OUTPUT": str(output)}, feedback=feedback)
+    assert 0 < feedback.progress() < 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.tif", "tiny_x4.safetensors"]
+
+
 def test_a_bad_band_index_fails_with_the_backend_message(plugin, tmp_path, weights):
     import processing
 

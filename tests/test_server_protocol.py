@@ -93,6 +93,10 @@ def test_run_streams_progress_then_result_and_serves_many_requests_with_one_mode
     server.send({"id": 3, "op": "run", "output": str(inputs["folder"] / "b.tif"), **request})
     assert server.until(3)[-1]["event"] == "result"
     assert Path(inputs["folder"] / "b.tif").is_file()
+    server.send({"id": 4, "op": "shutdown"})
+    assert server.process.wait(timeout=WAIT) == 0
+    log = server.process.stderr.read()
+    assert log.count("model: tiny.safetensors") == 1, f"the model was not loaded exactly once:\n{log}"
 
 
 def test_ping_and_info_are_answered_while_a_run_is_busy(server, inputs):
