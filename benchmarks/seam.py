@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from backend.engine import super_resolve_array
+from backend.errors import BadInput
 from backend.models import load
 from backend.normalisation import default_spec, resolve
 from backend.tiling import tile_grid
@@ -94,7 +95,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="LR window size")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
-    model = load(args.weights)
+    try:
+        model = load(args.weights)
+    except BadInput as exc:
+        raise SystemExit(str(exc)) from None
     if args.input:
         lr01 = read_input(args.input, args.size, model.meta.get("normalisation"))
     else:
