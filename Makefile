@@ -46,3 +46,18 @@ train-tiny: $(STAMP)
 	$(PY) -m training.train_student --config $(TINY) --out runs/tiny_cpu
 	$(PY) -m training.evaluate --config $(TINY) --out-dir runs/tiny_cpu
 	cat runs/tiny_cpu/evaluation/evaluation.md
+
+# Issue-3 figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
+.PHONY: bench-params bench-speed bench-seam bench-memory
+WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors
+bench-params: $(STAMP)
+	$(PY) -m benchmarks.params
+
+bench-speed: $(STAMP)
+	$(PY) -m benchmarks.speed
+
+bench-seam: $(STAMP)
+	$(PY) -m benchmarks.seam $(WEIGHTS) --tile 256 --overlap 32
+
+bench-memory: $(STAMP)
+	$(PY) benchmarks/memory.py
