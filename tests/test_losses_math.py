@@ -94,7 +94,7 @@ def test_perceptual_loads_lpips_from_a_local_safetensors_file(tmp_path):
     save_file({k: v.contiguous() for k, v in LPIPS().state_dict().items()}, str(path))
     module, note = build_perceptual(str(path))
     assert isinstance(module, LPIPS) and str(path) in note
-    with pytest.raises(BadInput, match="not an LPIPS"):
+    with pytest.raises(BadInput, match="not a weights file for LPIPS"):
         bad = tmp_path / "other.safetensors"
         save_file({"weight": torch.zeros(2)}, str(bad))
         build_perceptual(str(bad))

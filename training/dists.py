@@ -10,17 +10,14 @@ release). Lower is better; 0 for identical images.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from backend.errors import BadInput
 
 from .adversarial import IMAGENET_MEAN, IMAGENET_STD
-from .perceptual import vgg16_features
+from .perceptual import load_local_weights, vgg16_features
 
 STAGE_ENDS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 CHANNELS = (3, 64, 128, 256, 512, 512)
@@ -86,11 +83,4 @@ class DISTS(nn.Module):
 
 def load_dists(weights: str) -> DISTS:
     """DISTS with VGG16 and alpha/beta from one safetensors file."""
-    path = Path(weights)
-    if not path.is_file():
-        raise BadInput(f"DISTS weights file {path} does not exist")
-    module = DISTS()
-    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise BadInput(f"{path} is not a DISTS weights file: missing {missing[:2]}, unexpected {unexpected[:2]}")
-    return module.eval()
+    return load_local_weights(DISTS(), weights, "DISTS")

@@ -101,18 +101,22 @@ class LaplacianPyramidL1(nn.Module):
         return total + (x - y).abs().mean()
 
 
+def load_local_weights(module: nn.Module, weights: str, what: str) -> nn.Module:
+    """Fill `module` from a local safetensors file, every tensor accounted for; a mismatch names the file."""
+    path = Path(weights)
+    if not path.is_file():
+        raise BadInput(f"{what} weights file {path} does not exist")
+    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise BadInput(
+            f"{path} is not a weights file for {what}: missing {len(missing)} tensors "
+            f"(e.g. {missing[:2]}), unexpected {len(unexpected)} (e.g. {unexpected[:2]})"
+        )
+    return module.eval()
+
+
 def build_perceptual(weights: Optional[str]) -> tuple[nn.Module, str]:
     """LPIPS from `weights` when given, else the Laplacian fallback; returns (loss module, log line)."""
     if not weights:
         return LaplacianPyramidL1(), "perceptual: LPIPS weights not given; fallback Laplacian-pyramid L1"
-    path = Path(weights)
-    if not path.is_file():
-        raise BadInput(f"LPIPS weights file {path} does not exist")
-    module = LPIPS()
-    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise BadInput(
-            f"{path} is not an LPIPS-VGG16 weights file: missing {len(missing)} tensors "
-            f"(e.g. {missing[:2]}), unexpected {len(unexpected)} (e.g. {unexpected[:2]})"
-        )
-    return module, f"perceptual: LPIPS-VGG16 from {path}"
+    return load_local_weights(LPIPS(), weights, "LPIPS-VGG16"), f"perceptual: LPIPS-VGG16 from {weights}"
