@@ -61,3 +61,9 @@ bench-seam: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(PY) benchmarks/memory.py
+
+# docs/dock.png: the dock in the real QGIS desktop under Xvfb (needs Debian's qgis and xvfb packages).
+.PHONY: screenshot
+screenshot: $(STAMP)
+	dpkg -s qgis xvfb >/dev/null 2>&1 || apt-get install -y --no-install-recommends qgis xvfb
+	$(PY) scripts/screenshot_dock.py
