@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+import diffusers
 import torch
 
 from backend.models import StudentConfig, build, teacher_parameter_name
-
-diffusers = pytest.importorskip("diffusers")
 
 TINY_TEACHER = dict(
     sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=2,
