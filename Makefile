@@ -27,7 +27,7 @@ reference-cnn: data
 	$(PY) -m benchmarks.reference_cnn --minutes 25 --out runs/reference_cnn_x4.safetensors
 
 quality: data
-	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --out docs/quality_x4.md
+	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --role test --threads 1 --out resources/weights/quality_x4.md
 
 side-by-side: data
 	$(PY) -m benchmarks.side_by_side --weights resources/weights/slimdiffsr_x4.safetensors --out docs/side_by_side_x4.png
