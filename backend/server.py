@@ -226,7 +226,13 @@ def main() -> int:
         return EXIT_MISSING_DEPENDENCY
     server = Server(out, Engine(), describe_environment())
     server.serve(sys.stdin.readline)
-    return 0
+    # The stdin reader is a daemon thread still blocked in readline; a normal
+    # interpreter shutdown can then abort the process ("could not acquire lock for
+    # stdin at interpreter shutdown"), which the client would report as a crash.
+    # Every output is committed by now, so leave without finalisation.
+    out.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
