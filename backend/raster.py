@@ -311,8 +311,3 @@ def _fmt(extent: tuple[float, ...]) -> str:
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def output_size(window: Window, scale: int) -> tuple[int, int]:
-    """Output width and height in pixels."""
-    return window.width * scale, window.height * scale
