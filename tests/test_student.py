@@ -133,3 +133,24 @@ def test_compact_preset_is_small_enough_to_ship():
     parameters = sum(p.numel() for p in model.parameters())
     assert parameters * 4 < 20 * 2**20, "fp32 weights must stay under the 20 MB shipping limit"
     assert model.config.residual and model.config.encoder == "lr"
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_lr_skip_hands_the_decoder_the_lr_grid_features_without_new_parameters(scale):
+    plain = build(StudentConfig.tiny(scale).replace(encoder="lr")).eval()
+    skip = build(plain.config.replace(lr_skip=True)).eval()
+    skip.load_state_dict(plain.state_dict())  # same names and shapes: weights move between the two
+    for model in (plain, skip):  # silence the UNet: only a skip can still carry the input to the output
+        torch.nn.init.zeros_(model.unet.conv_out.weight)
+        torch.nn.init.zeros_(model.unet.conv_out.bias)
+    lr = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        plain_out, skip_out = plain(lr), skip(lr)
+    assert skip_out.shape == plain_out.shape == (2, 3, 8 * scale, 8 * scale)
+    assert torch.allclose(plain_out[0], plain_out[1]), "without the skip a silent UNet hides the input"
+    assert not torch.allclose(skip_out[0], skip_out[1]), "with the skip the input reaches the decoder"
+
+
+def test_lr_skip_needs_the_lr_encoder():
+    with pytest.raises(ValueError, match="lr_skip"):
+        StudentConfig.tiny(4).replace(lr_skip=True)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from backend.errors import BadInput
 from backend.models import load
 from training import train_student, train_teacher, train_uncertainty
 from training.cli import run_stage
+from training.loop import LoopConfig, lr_factor
 from training.records import read_losses
 from training_helpers import FixedPairs, tiny_config
 
@@ -108,3 +110,30 @@ def test_student_fine_tunes_from_a_weights_file_with_accumulation_bf16_and_ema(t
     exported = model.state_dict()
     for name, tensor in ema.items():
         assert torch.equal(exported[name[len("student."):]], tensor)
+
+
+def test_fine_tuning_may_switch_on_the_lr_skip_but_not_change_shapes(tmp_path):
+    first = run(tiny_config(tmp_path / "a", "student.loop.steps=1", "student.teacher_weights=none",
+                            "student.encoder=lr"), "student")
+    config = tiny_config(tmp_path / "b", "student.loop.steps=1", "student.teacher_weights=none",
+                         f"student.init={first.product}", "student.encoder=lr", "student.config.lr_skip=true")
+    model = load(run(config, "student").product)
+    assert model.config.lr_skip and model.config.encoder == "lr"
+    assert "'lr_skip': True" in model.meta["training_log"]
+    wider = tiny_config(tmp_path / "c", "student.loop.steps=1", "student.teacher_weights=none",
+                        f"student.init={first.product}", "student.encoder=lr", "student.config.vae_channels=8")
+    with pytest.raises(BadInput, match="vae_channels"):
+        run(wider, "student")
+
+
+def test_cosine_decay_reaches_zero_at_the_last_step_and_a_resumed_run_follows_it(tmp_path):
+    settings = ("student.teacher_weights=none", "student.loop.lr_decay=cosine", "student.loop.checkpoint_every=2")
+    assert [lr_factor(LoopConfig(steps=4, batch_size=1, lr=1.0, lr_decay="cosine"), s) for s in (0, 2, 4)] == \
+        pytest.approx([1.0, 0.5, 0.0])
+    whole = tiny_config(tmp_path / "whole", "student.loop.steps=4", *settings)
+    run(whole, "student")
+    parts = tiny_config(tmp_path / "parts", "student.loop.steps=4", *settings)
+    run(parts, "student", max_minutes=0)
+    run(parts, "student")
+    for a, b in zip(losses(whole, "student"), losses(parts, "student")):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5, abs=1e-7), a["step"]

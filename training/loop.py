@@ -12,6 +12,7 @@ k draws the same numbers whether or not the run was interrupted before it.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
 import time
@@ -32,6 +33,7 @@ from .distributed import Processes
 from .ema import EMA
 from .records import LossTable, RunLog
 
+LR_DECAYS = ("constant", "cosine")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -43,6 +45,7 @@ class LoopConfig:
     batch_size: int
     lr: float
     optimizer: str = "adamw"
+    lr_decay: str = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     critic_lr: float = 1e-4
@@ -67,6 +70,8 @@ class LoopConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if self.mixed_precision not in PRECISIONS:
             raise BadInput(f"mixed_precision must be one of {', '.join(PRECISIONS)}, not {self.mixed_precision!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise BadInput(f"lr_decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise BadInput(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -205,6 +210,7 @@ def train(
                 scaler.scale(critic_losses["total"] / config.grad_accum).backward()
                 _accumulate(totals, {f"critic_{k}": v for k, v in critic_losses.items()}, config.grad_accum)
         for group, optimiser in zip([params, critic_params], optimisers):
+            _set_lr(optimiser, config, step)
             distributed.average_gradients(group, processes)
             scaler.unscale_(optimiser)
             if config.grad_clip > 0:
@@ -250,6 +256,19 @@ def _export(task: Task, ema: Optional[EMA], directory: Path, provenance: Optiona
 def _optimiser(params: list[nn.Parameter], config: LoopConfig, lr: float) -> torch.optim.Optimizer:
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return kind(params, lr=lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: LoopConfig, step: int) -> float:
+    """The fraction of the base learning rate used for `step` (0-based): a function of the step alone, so resumes are exact."""
+    if config.lr_decay == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+    return 1.0
+
+
+def _set_lr(optimiser: torch.optim.Optimizer, config: LoopConfig, step: int) -> None:
+    for group in optimiser.param_groups:
+        group.setdefault("base_lr", group["lr"])
+        group["lr"] = group["base_lr"] * lr_factor(config, step)
 
 
 def _autocast(device: torch.device, precision: Optional[torch.dtype]):

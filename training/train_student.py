@@ -83,24 +83,32 @@ class StudentTask(Task):
         self.generator = StudentAndAdapters(student, adapters)
 
     def _student(self, settings: dict[str, Any]) -> tuple[nn.Module, str]:
-        init = settings.get("init")
-        if init:
-            student = load(init).train()
-            if student.config.scale != self.scale:
-                raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
-            return student, f"student: fine-tuning from {init}"
-        preset = settings.get("preset", "paper")
-        if preset not in STUDENT_PRESETS:
-            raise BadInput(f"student.preset must be one of {', '.join(STUDENT_PRESETS)}, not {preset!r}")
         changes = dict(settings.get("config") or {})  # any StudentConfig field, e.g. {residual: true}
         if "encoder" in settings:
             changes["encoder"] = settings["encoder"]
-        try:
-            config = getattr(StudentConfig, preset)(self.scale).replace(**changes)
-        except (TypeError, ValueError) as error:
-            raise BadInput(f"student.config: {error}") from None
+        init = settings.get("init")
+        if init:
+            return self._fine_tuned(str(init), changes)
+        preset = settings.get("preset", "paper")
+        if preset not in STUDENT_PRESETS:
+            raise BadInput(f"student.preset must be one of {', '.join(STUDENT_PRESETS)}, not {preset!r}")
+        config = _changed(getattr(StudentConfig, preset)(self.scale), changes)
         return build(config), (f"student: new {preset} x{self.scale} student, {config.encoder} encoder layout"
-                               f"{', bicubic residual' if config.residual else ''}")
+                               f"{', bicubic residual' if config.residual else ''}{', LR skip' if config.lr_skip else ''}")
+
+    def _fine_tuned(self, init: str, changes: dict[str, Any]) -> tuple[nn.Module, str]:
+        """The student of `init`, rebuilt with `changes` when they keep every parameter's shape (e.g. lr_skip)."""
+        student = load(init).train()
+        if student.config.scale != self.scale:
+            raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
+        if not changes:
+            return student, f"student: fine-tuning from {init}"
+        changed = build(_changed(student.config, changes)).train()
+        try:
+            changed.load_state_dict(student.state_dict())
+        except RuntimeError as error:
+            raise BadInput(f"student.config {changes} changes the shapes of {init}'s parameters: {error}") from None
+        return changed, f"student: fine-tuning from {init} with {changes}"
 
     def _teacher_channels(self, student: nn.Module, taps: list[str]) -> dict[str, int]:
         """Run the teacher once on a small input to learn its tap widths (diffusers blocks do not expose them)."""
@@ -157,6 +165,13 @@ class StudentTask(Task):
         }
         save(student, path, meta)
         return path
+
+
+def _changed(config: StudentConfig, changes: dict[str, Any]) -> StudentConfig:
+    try:
+        return config.replace(**changes)
+    except (TypeError, ValueError) as error:
+        raise BadInput(f"student.config: {error}") from None
 
 
 def build_task(config: dict[str, Any], processes: Processes) -> StudentTask:

@@ -52,6 +52,12 @@ class StudentConfig:
                       whose decoder draws the whole image; on in the shipped `compact`
                       preset, which must beat classical resampling after a short CPU
                       training.
+    lr_skip:          with the "lr" encoder, add the encoder's last LR-grid features to the
+                      decoder where it reaches the LR grid again (a U-Net long skip; no
+                      parameters). Not in the paper, whose TAESD sends everything through
+                      the HR / 8 latent: at x4 that grid is LR / 2, and a CPU-trained student
+                      must first learn to carry per-pixel detail through it; with the skip
+                      the decoder sees it directly, as a plain LR-space CNN does.
     """
 
     scale: int
@@ -71,6 +77,7 @@ class StudentConfig:
     conv2: str = "dsc"
     attention: str = "qgam"
     residual: bool = False
+    lr_skip: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
@@ -84,8 +91,11 @@ class StudentConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 yield f"{name} must be an integer, not {value!r}"
                 return
-        if not isinstance(self.residual, bool):
-            yield f"residual must be true or false, not {self.residual!r}"
+        for name in ("residual", "lr_skip"):
+            if not isinstance(getattr(self, name), bool):
+                yield f"{name} must be true or false, not {getattr(self, name)!r}"
+        if self.lr_skip and self.encoder != "lr":
+            yield "lr_skip needs encoder 'lr' (the 'hr' encoder never sees the LR grid)"
         if self.scale not in (2, 4, 8):
             yield f"scale must be 2, 4 or 8, not {self.scale}"
         if self.encoder not in ENCODER_LAYOUTS:

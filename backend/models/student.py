@@ -77,7 +77,12 @@ class SlimDiffSR(nn.Module):
         # Channels-last all the way: oneDNN's depthwise and HR-size convs run far faster on
         # NHWC than on NCHW, and the attention blocks' NCHW <-> token reshapes become views.
         encoder_input = encoder_input.contiguous(memory_format=torch.channels_last)
-        hr = self.decoder(self.unet(self.encoder(encoder_input), taps))
+        if self.config.lr_skip:
+            latent, on_lr_grid = self.encoder.forward_with_input_grid(encoder_input)
+            halvings = sum(stride > 1 for stride in encoder_strides(self.config))
+            hr = self.decoder(self.unet(latent, taps), skip=on_lr_grid, skip_after=halvings)
+        else:
+            hr = self.decoder(self.unet(self.encoder(encoder_input), taps))
         if self.config.residual:
             hr = hr + upsampled
         return hr[..., : height * self.scale, : width * self.scale].contiguous()

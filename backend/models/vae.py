@@ -11,6 +11,7 @@ layers and back after its decoder layers, so the student feeds [0, 1] directly.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,16 @@ class TinyEncoder(nn.Module):
     def forward(self, image01: torch.Tensor) -> torch.Tensor:
         return self.layers(image01)
 
+    def forward_with_input_grid(self, image01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent features and the last features still on the input's grid (before the first strided conv)."""
+        on_input_grid = None
+        x = image01
+        for layer in self.layers:
+            if on_input_grid is None and isinstance(layer, nn.Conv2d) and layer.stride[0] > 1:
+                on_input_grid = x
+            x = layer(x)
+        return x, x if on_input_grid is None else on_input_grid
+
 
 class TinyDecoder(nn.Module):
     """64-channel features on the latent grid -> image, x8 larger, roughly in [0, 1].
@@ -133,5 +144,13 @@ class TinyDecoder(nn.Module):
         self.layers = nn.Sequential(layers)
         self.channels = channels
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+    def forward(self, features: torch.Tensor, skip: Optional[torch.Tensor] = None, skip_after: int = 0) -> torch.Tensor:
+        """Decode; `skip` (same width) is added once `skip_after` of the three 2x upsamplings have run."""
+        upsamplings = 0
+        x = features
+        for layer in self.layers:
+            if skip is not None and upsamplings == skip_after:
+                x, skip = x + skip, None
+            x = layer(x)
+            upsamplings += isinstance(layer, NearestUpsampleConv)
+        return x
