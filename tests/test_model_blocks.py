@@ -75,6 +75,16 @@ def test_decoder_upsamples_eight_times_and_passes_gradients():
     assert_all_parameters_get_gradients(decoder, out)
 
 
+def test_fresh_encoder_and_decoder_keep_their_features_near_unit_scale():
+    """Trained from scratch, features far below Adam's step size let the HR block's ReLUs die."""
+    torch.manual_seed(0)
+    features = TinyEncoder(32)(torch.rand(2, 3, 64, 64))
+    assert 0.2 < features.std() < 5
+    before_last_conv = TinyDecoder(32).layers[:-1](torch.relu(torch.randn(2, 32, 8, 8)))
+    assert before_last_conv.shape[-1] == 64
+    assert 0.2 < before_last_conv.std() < 5
+
+
 def test_decoder_output_is_not_clamped_so_the_loss_sees_gradients_beyond_the_range():
     decoder = TinyDecoder(8)
     torch.nn.init.constant_(decoder.layers[-1].bias, 3.0)

@@ -21,9 +21,32 @@ BLOCKS_PER_STAGE = (1, 3, 3, 3)
 """TAESD's blocks at full size and after each of its three 2x resamplings."""
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
-    """A 3x3 convolution that keeps the size (or halves it with stride 2)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+BRANCH_INIT_GAIN = 0.1
+"""Scale of a TinyBlock's last conv at initialisation: each block starts close to the identity."""
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True, gain: float = 1.0) -> nn.Conv2d:
+    """A 3x3 convolution that keeps the size (or halves it with stride 2), He-initialised.
+
+    Trained from scratch (no TAESD weights here), PyTorch's default init shrinks
+    the signal about 1.7x per conv: the decoder's HR-size features started near
+    0.02, below Adam's step size, and the biases of the last HR block drifted
+    until its ReLUs died (the first shipped weights added an output of std 3e-4
+    to bicubic). He init for convs that read ReLU outputs keeps the features
+    near unit scale. Loaded weights replace this init.
+    """
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+    he_initialise(conv, gain)
+    return conv
+
+
+def he_initialise(conv: nn.Conv2d, gain: float = 1.0) -> None:
+    """Kaiming-normal weights for a ReLU network (times `gain`) and zero bias."""
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    with torch.no_grad():
+        conv.weight.mul_(gain)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 class NearestUpsampleConv(nn.Conv2d):
@@ -38,6 +61,7 @@ class NearestUpsampleConv(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+        he_initialise(self)
 
     @staticmethod
     def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
@@ -73,7 +97,7 @@ class TinyBlock(nn.Module):
         self.conv = nn.Sequential(
             conv3x3(channels, channels), nn.ReLU(inplace=True),
             conv3x3(channels, channels), nn.ReLU(inplace=True),
-            conv3x3(channels, channels),
+            conv3x3(channels, channels, gain=BRANCH_INIT_GAIN),
         )
         self.fuse = nn.ReLU(inplace=True)
 
