@@ -132,7 +132,7 @@ def test_compact_preset_is_small_enough_to_ship():
     model = build(StudentConfig.compact(4))
     parameters = sum(p.numel() for p in model.parameters())
     assert parameters * 4 < 20 * 2**20, "fp32 weights must stay under the 20 MB shipping limit"
-    assert model.config.residual and model.config.encoder == "lr"
+    assert model.config.residual and model.config.lr_skip and model.config.encoder == "lr"
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])

@@ -144,11 +144,12 @@ class StudentConfig:
     @classmethod
     def compact(cls, scale: int) -> "StudentConfig":
         """The shipped default: the paper's structure at CPU-friendly widths, LR-reading
-        encoder and a bicubic residual (a few MB of weights instead of 230 MB)."""
+        encoder, LR-grid skip and a bicubic residual (a few MB of weights instead of 230 MB)."""
         return cls(
             scale=scale,
             encoder="lr",
             residual=True,
+            lr_skip=True,
             vae_channels=32,
             block_channels=(64, 128),
             mid_channels=128,
