@@ -137,3 +137,19 @@ def test_cosine_decay_reaches_zero_at_the_last_step_and_a_resumed_run_follows_it
     run(parts, "student")
     for a, b in zip(losses(whole, "student"), losses(parts, "student")):
         assert a["total"] == pytest.approx(b["total"], rel=1e-5, abs=1e-7), a["step"]
+
+
+def test_ema_warms_up_so_a_short_run_does_not_keep_its_initial_weights():
+    from torch import nn
+
+    from training.ema import EMA
+
+    module = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(module.weight)
+    ema = EMA(module, decay=0.999)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    for step in range(2600):
+        ema.update(module, step)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10 ** 6) == 0.999
+    assert ema.state_dict()["weight"].item() > 0.999, "a plain 0.999 EMA would still be at 0.93"

@@ -219,7 +219,7 @@ def train(
             optimiser.zero_grad(set_to_none=True)
         scaler.update()
         if ema is not None:
-            ema.update(task.generator)
+            ema.update(task.generator, step)
         step += 1
         progress.update(1)
         if step % config.log_every == 0 or step == 1 or step == config.steps:
