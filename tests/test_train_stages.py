@@ -153,3 +153,22 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_initial_weights():
         ema.update(module, step)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10 ** 6) == 0.999
     assert ema.state_dict()["weight"].item() > 0.999, "a plain 0.999 EMA would still be at 0.93"
+
+
+def test_any_checkpoint_exports_as_a_weights_file_with_its_ema_or_raw_weights(tmp_path):
+    from training.export_checkpoint import export
+
+    config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none",
+                         "student.loop.checkpoint_every=1", "student.loop.ema_decay=0.9")
+    run(config, "student")
+    stage = tmp_path / "student"
+    raw = load(export(stage, 1, "generator", tmp_path / "raw.safetensors"))
+    ema = load(export(stage, 1, "ema", tmp_path / "ema.safetensors"))
+    checkpoint = load_file(str(stage / "checkpoints" / "step_1" / "generator.safetensors"))
+    for name, tensor in raw.state_dict().items():
+        if f"student.{name}" in checkpoint:
+            assert torch.equal(tensor, checkpoint[f"student.{name}"])
+    assert raw.meta["weights_taken"] == "generator of checkpoint step_1" and raw.meta["steps"] == "1"
+    assert any(not torch.equal(a, b) for a, b in zip(raw.state_dict().values(), ema.state_dict().values()))
+    with pytest.raises(BadInput, match="step_7"):
+        export(stage, 7, "ema", tmp_path / "x.safetensors")

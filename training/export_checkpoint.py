@@ -1,0 +1,64 @@
+"""Write a weights file from any checkpoint of a student run: its EMA or its raw weights.
+
+A run exports the EMA of its last step. Which of the two is better, and at which
+step, is a question for the validation blocks (`benchmarks.quality --role
+validation`); this tool makes any candidate a normal, self-describing weights
+file. The run's own product (`student.safetensors` in the stage folder) supplies
+the config and provenance; the metadata records which tensors were taken.
+
+    python -m training.export_checkpoint runs/default_x4/student --step 2600 --take generator --out F.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_file
+
+from backend.errors import BadInput
+from backend.models import load, save
+
+TAKES = ("ema", "generator")
+PREFIX = "student."
+
+
+def export(stage_dir: Path, step: int, take: str, out: Path) -> Path:
+    """Write checkpoint `step`'s `take` tensors ("ema" or "generator") with the run product's config and meta."""
+    if take not in TAKES:
+        raise BadInput(f"take must be one of {', '.join(TAKES)}, not {take!r}")
+    product = stage_dir / "student.safetensors"
+    tensors_file = stage_dir / "checkpoints" / f"step_{step}" / f"{take}.safetensors"
+    for needed in (product, tensors_file):
+        if not needed.is_file():
+            raise BadInput(f"{needed} does not exist: give a student stage folder and one of its checkpoint steps")
+    model = load(product)
+    tensors = {k[len(PREFIX):]: v for k, v in load_file(str(tensors_file)).items() if k.startswith(PREFIX)}
+    model.load_state_dict(tensors)
+    state = torch.load(tensors_file.parent / "state.pt", map_location="cpu", weights_only=True)
+    meta = {**model.meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
+            "weights_taken": f"{take} of checkpoint step_{step}"}
+    save(model, out, meta)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage_dir", type=Path, help="a student stage folder, e.g. runs/default_x4/student")
+    parser.add_argument("--step", type=int, required=True, help="checkpoint step (checkpoints/step_N)")
+    parser.add_argument("--take", choices=TAKES, default="ema", help="the EMA (default) or the raw trained weights")
+    parser.add_argument("--out", type=Path, required=True, help="weights file to write")
+    args = parser.parse_args(argv)
+    try:
+        print(export(args.stage_dir, args.step, args.take, args.out))
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
