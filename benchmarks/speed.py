@@ -1,4 +1,4 @@
-"""Seconds per 512x512 x4 output and output megapixels/s: student (both encoder layouts), RRDBNet, bicubic.
+"""Seconds per 512x512 x4 output and output megapixels/s: student presets, RRDBNet, the reference CNN, bicubic.
 
 Run: .venv/bin/python -m benchmarks.speed [--repeats 3] [--threads N] [--device cuda --dtype float16]
 All models run in one process on the same input, interleaved, so background load
@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from backend.models import StudentConfig, build
 from backend.models.bicubic import BicubicUpscaler
+from benchmarks.reference_cnn import ReferenceCNN
 from benchmarks.rrdbnet import RRDBNet
 
 OUTPUT_SIZE = 512
@@ -38,6 +39,8 @@ def candidates() -> list[tuple[str, Callable[[], nn.Module], torch.memory_format
         ("SlimDiffSR paper preset, encoder=hr", lambda: build(StudentConfig.paper(SCALE)), torch.contiguous_format),
         ("SlimDiffSR paper preset, encoder=lr", lambda: build(StudentConfig.paper(SCALE).replace(encoder="lr")),
          torch.contiguous_format),
+        ("SlimDiffSR compact (shipped default)", lambda: build(StudentConfig.compact(SCALE)), torch.contiguous_format),
+        ("reference CNN (issue 6)", lambda: ReferenceCNN(SCALE), torch.channels_last),
         ("RRDBNet x4plus dims, NCHW", RRDBNet, torch.contiguous_format),
         ("RRDBNet x4plus dims, channels_last", RRDBNet, torch.channels_last),
         ("bicubic", lambda: BicubicUpscaler(SCALE), torch.contiguous_format),
@@ -98,11 +101,11 @@ def main() -> None:
         f"x{SCALE}, {lr_size}x{lr_size} -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, device={device}, dtype={args.dtype}, "
         f"threads={torch.get_num_threads()}, best of {args.repeats}; 'vs RRDBNet' is against its faster layout"
     )
-    print(f"{'model':<38} {'params':>9} {'GMACs':>8} {f's/{OUTPUT_SIZE}^2':>9} {'out MP/s':>9} {'vs RRDBNet':>10}")
+    print(f"{'model':<40} {'params':>9} {'GMACs':>8} {f's/{OUTPUT_SIZE}^2':>9} {'out MP/s':>9} {'vs RRDBNet':>10}")
     for label, _, _, params, macs, times in rows:
         best = min(times)
         print(
-            f"{label:<38} {params / 1e6:8.2f}M {macs:8.1f} {best:9.3f} "
+            f"{label:<40} {params / 1e6:8.2f}M {macs:8.1f} {best:9.3f} "
             f"{OUTPUT_SIZE * OUTPUT_SIZE / 1e6 / best:9.3f} {reference / best:9.2f}x"
         )
 
