@@ -50,7 +50,10 @@ class SlimDiffSR(nn.Module):
         self.config = config
         self.scale = config.scale
         self.meta: dict[str, str] = {}
-        self.encoder = TinyEncoder(config.vae_channels, encoder_strides(config))
+        strides = encoder_strides(config)
+        self.encoder = TinyEncoder(config.vae_channels, strides)
+        self.encoder_halvings = sum(stride > 1 for stride in strides)
+        """How many 2x upsamplings the decoder runs before it is back on the encoder's input grid."""
         self.unet = PrunedUNet(config)
         self.decoder = TinyDecoder(config.vae_channels)
         if config.residual:
@@ -79,10 +82,9 @@ class SlimDiffSR(nn.Module):
         encoder_input = encoder_input.contiguous(memory_format=torch.channels_last)
         if self.config.lr_skip:
             latent, on_lr_grid = self.encoder.forward_with_input_grid(encoder_input)
-            halvings = sum(stride > 1 for stride in encoder_strides(self.config))
-            hr = self.decoder(self.unet(latent, taps), skip=on_lr_grid, skip_after=halvings)
         else:
-            hr = self.decoder(self.unet(self.encoder(encoder_input), taps))
+            latent, on_lr_grid = self.encoder(encoder_input), None
+        hr = self.decoder(self.unet(latent, taps), skip=on_lr_grid, skip_after=self.encoder_halvings)
         if self.config.residual:
             hr = hr + upsampled
         return hr[..., : height * self.scale, : width * self.scale].contiguous()
