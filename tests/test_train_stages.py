@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from backend.errors import BadInput
-from backend.models import load
+from backend.models import StudentConfig, build, load, save
 from training import train_student, train_teacher, train_uncertainty
 from training.cli import run_stage
 from training.loop import LoopConfig, lr_factor
@@ -168,7 +168,28 @@ def test_any_checkpoint_exports_as_a_weights_file_with_its_ema_or_raw_weights(tm
     for name, tensor in raw.state_dict().items():
         if f"student.{name}" in checkpoint:
             assert torch.equal(tensor, checkpoint[f"student.{name}"])
-    assert raw.meta["weights_taken"] == "generator of checkpoint step_1" and raw.meta["steps"] == "1"
+    assert raw.meta["weights_taken"] == f"generator of checkpoint step_1 of {stage}" and raw.meta["steps"] == "1"
     assert any(not torch.equal(a, b) for a, b in zip(raw.state_dict().values(), ema.state_dict().values()))
     with pytest.raises(BadInput, match="step_7"):
         export(stage, 7, "ema", tmp_path / "x.safetensors")
+
+
+def test_a_run_still_going_exports_with_the_config_of_a_file_like_it(tmp_path):
+    from training.export_checkpoint import export
+
+    config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none",
+                         "student.loop.checkpoint_every=1")
+    run(config, "student")
+    stage = tmp_path / "student"
+    like = tmp_path / "like.safetensors"
+    (stage / "student.safetensors").rename(like)  # as if the run had not finished
+    with pytest.raises(BadInput, match="--like"):
+        export(stage, 1, "generator", tmp_path / "raw.safetensors")
+    raw = load(export(stage, 1, "generator", tmp_path / "raw.safetensors", like=like))
+    checkpoint = load_file(str(stage / "checkpoints" / "step_1" / "generator.safetensors"))
+    assert all(torch.equal(t, checkpoint[f"student.{n}"]) for n, t in raw.state_dict().items()
+               if f"student.{n}" in checkpoint)
+    other = tmp_path / "other.safetensors"
+    save(build(StudentConfig.compact(4)), other)
+    with pytest.raises(BadInput, match="does not fit"):
+        export(stage, 1, "generator", tmp_path / "x.safetensors", like=other)

@@ -4,7 +4,9 @@ A run exports the EMA of its last step. Which of the two is better, and at which
 step, is a question for the validation blocks (`benchmarks.quality --role
 validation`); this tool makes any candidate a normal, self-describing weights
 file. The run's own product (`student.safetensors` in the stage folder) supplies
-the config and provenance; the metadata records which tensors were taken.
+the config and provenance; while a run is still going it has no product yet, and
+`--like` names a weights file of the same architecture (e.g. the run's
+`student.init`) to supply them instead. The metadata records which tensors were taken.
 
     python -m training.export_checkpoint runs/default_x4/student --step 2600 --take generator --out F.safetensors
 """
@@ -26,21 +28,26 @@ TAKES = ("ema", "generator")
 PREFIX = "student."
 
 
-def export(stage_dir: Path, step: int, take: str, out: Path) -> Path:
-    """Write checkpoint `step`'s `take` tensors ("ema" or "generator") with the run product's config and meta."""
+def export(stage_dir: Path, step: int, take: str, out: Path, like: Optional[Path] = None) -> Path:
+    """Write checkpoint `step`'s `take` tensors ("ema" or "generator") with the config and meta of the run's
+    product, or of `like` (a weights file of the same architecture) for a run that has not finished."""
     if take not in TAKES:
         raise BadInput(f"take must be one of {', '.join(TAKES)}, not {take!r}")
-    product = stage_dir / "student.safetensors"
+    product = like or stage_dir / "student.safetensors"
     tensors_file = stage_dir / "checkpoints" / f"step_{step}" / f"{take}.safetensors"
     for needed in (product, tensors_file):
         if not needed.is_file():
-            raise BadInput(f"{needed} does not exist: give a student stage folder and one of its checkpoint steps")
+            hint = "" if like or needed == tensors_file else " (a run still going has none yet: pass --like)"
+            raise BadInput(f"{needed} does not exist{hint}: give a student stage folder and one of its checkpoint steps")
     model = load(product)
     tensors = {k[len(PREFIX):]: v for k, v in load_file(str(tensors_file)).items() if k.startswith(PREFIX)}
-    model.load_state_dict(tensors)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise BadInput(f"checkpoint step_{step} does not fit the architecture of {product}: {error}") from None
     state = torch.load(tensors_file.parent / "state.pt", map_location="cpu", weights_only=True)
     meta = {**model.meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
-            "weights_taken": f"{take} of checkpoint step_{step}"}
+            "weights_taken": f"{take} of checkpoint step_{step} of {stage_dir}"}
     save(model, out, meta)
     return out
 
@@ -51,9 +58,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--step", type=int, required=True, help="checkpoint step (checkpoints/step_N)")
     parser.add_argument("--take", choices=TAKES, default="ema", help="the EMA (default) or the raw trained weights")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write")
+    parser.add_argument("--like", type=Path, default=None,
+                        help="weights file of the same architecture supplying config and meta, for a run still going")
     args = parser.parse_args(argv)
     try:
-        print(export(args.stage_dir, args.step, args.take, args.out))
+        print(export(args.stage_dir, args.step, args.take, args.out, args.like))
     except BadInput as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
