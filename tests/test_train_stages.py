@@ -105,7 +105,10 @@ def test_student_fine_tunes_from_a_weights_file_with_accumulation_bf16_and_ema(t
                          "student.loop.mixed_precision=bf16", "student.loop.ema_decay=0.5")
     outcome = run(config, "student")
     model = load(outcome.product)
-    assert f"fine-tuning from {first.product}" in model.meta["training_log"]
+    from backend.engine import file_sha256
+
+    lineage = f"fine-tuning from {first.product} (sha256 {file_sha256(str(first.product))[:16]}, steps 1, minutes "
+    assert lineage in model.meta["training_log"], "the init must stay identifiable after its path is overwritten"
     ema = load_file(str(tmp_path / "b" / "student" / "checkpoints" / "step_2" / "ema.safetensors"))
     exported = model.state_dict()
     for name, tensor in ema.items():

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from backend.engine import file_sha256
 from backend.errors import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 
@@ -101,14 +102,15 @@ class StudentTask(Task):
         student = load(init).train()
         if student.config.scale != self.scale:
             raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
+        origin = f"student: fine-tuning from {init} ({_lineage(init, student.meta)})"
         if not changes:
-            return student, f"student: fine-tuning from {init}"
+            return student, origin
         changed = build(_changed(student.config, changes)).train()
         try:
             changed.load_state_dict(student.state_dict())
         except RuntimeError as error:
             raise BadInput(f"student.config {changes} changes the shapes of {init}'s parameters: {error}") from None
-        return changed, f"student: fine-tuning from {init} with {changes}"
+        return changed, f"{origin} with {changes}"
 
     def _teacher_channels(self, student: nn.Module, taps: list[str]) -> dict[str, int]:
         """Run the teacher once on a small input to learn its tap widths (diffusers blocks do not expose them)."""
@@ -165,6 +167,15 @@ class StudentTask(Task):
         }
         save(student, path, meta)
         return path
+
+
+def _lineage(init: str, meta: dict[str, str]) -> str:
+    """What the init file was, so the product still says so after the init path is overwritten (the shipped
+    file is both the init and the destination of a fine-tune): its sha256 and its own training record."""
+    record = ", ".join(f"{key} {meta[key]}" for key in ("steps", "minutes") if key in meta)
+    earlier = meta.get("training_log", "")
+    lineage = f"sha256 {file_sha256(init)[:16]}{', ' + record if record else ''}"
+    return f"{lineage}; its log: {earlier}" if earlier else lineage
 
 
 def _changed(config: StudentConfig, changes: dict[str, Any]) -> StudentConfig:
