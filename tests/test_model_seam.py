@@ -7,6 +7,7 @@ import torch
 
 from backend.models import StudentConfig, build
 from backend.models.bicubic import BicubicUpscaler
+from backend.models.norm_statistics import fixed_group_norm_statistics, record_group_norm_statistics
 from benchmarks.seam import border_band, seam_report, synthetic_scene
 
 torch.set_num_threads(1)
@@ -31,3 +32,30 @@ def test_student_seam_is_measured_in_band_and_interior():
     assert set(report) == {"band_mad", "interior_mad", "max_abs", "band_fraction"}
     assert 0 < report["band_mad"] <= report["max_abs"]
     assert 0 < report["band_fraction"] < 1
+
+
+
+def test_shared_group_norm_statistics_make_a_crop_normalise_like_the_whole():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.GroupNorm(2, 4), torch.nn.Conv2d(4, 4, 1))
+    whole = torch.rand(1, 4, 32, 32) * torch.linspace(0, 3, 32)  # content that varies across the window
+    with torch.no_grad(), record_group_norm_statistics(model) as statistics:
+        reference = model(whole)
+    crop = whole[..., :12, :12]
+    with torch.no_grad():
+        own = model(crop)
+        with fixed_group_norm_statistics(model, statistics):
+            shared = model(crop)
+            again = model(whole)
+    assert torch.allclose(again, reference, atol=1e-5)
+    assert torch.allclose(shared, reference[..., :12, :12], atol=1e-5)
+    assert not torch.allclose(own, reference[..., :12, :12], atol=1e-2)
+    assert all("forward" not in vars(m) for m in model.modules()), "the patch must be gone after the block"
+
+
+def test_the_seam_report_can_share_the_single_pass_statistics():
+    torch.manual_seed(0)
+    model, scene = build(StudentConfig.tiny(4)), synthetic_scene(40)
+    own = seam_report(model, scene, tile=24, overlap=8)
+    shared = seam_report(model, scene, tile=24, overlap=8, shared_norm=True)
+    assert shared["band_mad"] < own["band_mad"]
