@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__
 from .errors import BadInput, Cancelled
 from .models.bicubic import BicubicUpscaler
+from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
 from .normalisation import Normalisation, default_spec, parse_spec, resolve
 from .raster import OutputRaster, SourceRaster, Window, check_output_path, set_block_cache
 from .request import RunRequest
@@ -34,6 +35,10 @@ from .resources import default_weights_path
 from .tiling import StreamingBlender, Tile, blend_in_memory, tile_grid
 
 log = logging.getLogger("slimdiffsr")
+
+# Tiles sampled for window-wide GroupNorm statistics: enough to stand for the window
+# (measured with benchmarks/seam.py), few enough to add little to a long run.
+STATISTICS_TILES = 8
 
 Progress = Callable[[int, int], None]
 ShouldCancel = Callable[[], bool]
@@ -136,8 +141,34 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
                 batch: int, should_cancel: Optional[ShouldCancel] = None) -> Iterator[tuple[Tile, np.ndarray]]:
     """Run `model` over tiles in batches, yielding each tile's HR output [3, h*s, w*s] as float32.
 
+    A model with GroupNorm normalises every tile with statistics of the whole window
+    (`window_statistics`), not of the tile itself: per-tile statistics were nearly all of
+    the difference between a tiled run and a single pass (backend/models/norm_statistics.py).
     Cancellation is checked before every batch, so a cancel lands within one batch.
     """
+    statistics = window_statistics(model, tiles, read, device, batch, should_cancel)
+    for chunk, hr in _batches(model, tiles, read, device, batch, should_cancel, statistics):
+        for tile, output in zip(chunk, hr.float().cpu().numpy()):
+            yield tile, output
+
+
+def window_statistics(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
+                      batch: int, should_cancel: Optional[ShouldCancel] = None) -> Optional[Statistics]:
+    """GroupNorm statistics pooled over up to STATISTICS_TILES tiles spread evenly over the window, or None
+    where there is nothing to share (one tile, or a model without GroupNorm). Costs that many extra tiles."""
+    if len(tiles) < 2 or not has_group_norm(model):
+        return None
+    count = min(len(tiles), STATISTICS_TILES)
+    sample = [tiles[round(i * (len(tiles) - 1) / max(count - 1, 1))] for i in range(count)]
+    with record_group_norm_statistics(model) as statistics:
+        for _ in _batches(model, sample, read, device, batch, should_cancel, None):
+            pass
+    return dict(statistics)
+
+
+def _batches(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
+             batch: int, should_cancel: Optional[ShouldCancel],
+             statistics: Optional[Statistics]) -> Iterator[tuple[list[Tile], torch.Tensor]]:
     for start in range(0, len(tiles), batch):
         if should_cancel is not None and should_cancel():
             raise Cancelled("cancelled")
@@ -145,10 +176,10 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
         lr = torch.from_numpy(np.stack([read(tile) for tile in chunk])).to(device)
         if device.type == "cuda":
             lr = lr.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _autocast(device):
+        shared = fixed_group_norm_statistics(model, statistics) if statistics else contextlib.nullcontext()
+        with torch.inference_mode(), _autocast(device), shared:
             hr = model(lr)
-        for tile, output in zip(chunk, hr.float().cpu().numpy()):
-            yield tile, output
+        yield chunk, hr
 
 
 def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,

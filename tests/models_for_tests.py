@@ -37,3 +37,18 @@ class LocalConvModel(nn.Module):
         for conv in self.convs:
             x = torch.tanh(conv(x)) + x
         return F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+class WindowNormalisedUpscaler(nn.Module):
+    """GroupNorm over all channels, then nearest upscaling: its output depends on the whole input's statistics."""
+
+    def __init__(self, scale: int = 4):
+        super().__init__()
+        self.scale = scale
+        self.norm = nn.GroupNorm(1, 3)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.tensor([0.1, 0.2, 0.3]))
+            self.norm.bias.fill_(0.5)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(self.norm(lr), scale_factor=self.scale, mode="nearest")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from backend.engine import Engine, super_resolve_array
+from backend.engine import Engine, STATISTICS_TILES, super_resolve_array, window_statistics
 from backend.errors import BadInput, Cancelled
 from backend.request import RunRequest
-from models_for_tests import LocalConvModel, NearestUpscaler
+from models_for_tests import LocalConvModel, NearestUpscaler, WindowNormalisedUpscaler
 from rasters import ORIGIN, PIXEL, read_raster, smooth_image, write_raster
 
 
@@ -149,6 +149,30 @@ def test_tiled_run_of_a_local_model_equals_a_single_pass():
     single = super_resolve_array(model, image, tile=512, overlap=0)
     tiled = super_resolve_array(model, image, tile=64, overlap=32)
     np.testing.assert_allclose(tiled, single, atol=1e-5)
+
+
+def test_tiles_share_the_windows_group_norm_statistics_so_a_tiled_run_equals_a_single_pass():
+    image = smooth_image(3, 128, 192).astype(np.float32) * np.linspace(0.2, 1.0, 192, dtype=np.float32)
+    model = WindowNormalisedUpscaler(4)
+    single = super_resolve_array(model, image, tile=512, overlap=0)
+    one_tile = super_resolve_array(model, image[:, :64, :64], tile=512, overlap=0)
+    assert np.abs(one_tile - single[:, :256, :256]).max() > 1e-2, "the model is not local: a tile alone differs"
+    assert 2 * 3 <= STATISTICS_TILES  # all six abutting tiles are sampled, so the pooled statistics are exact
+    tiled = super_resolve_array(model, image, tile=64, overlap=0)
+    np.testing.assert_allclose(tiled, single, atol=1e-5)
+
+
+def test_window_statistics_only_where_there_is_something_to_share():
+    import torch
+
+    from backend.tiling import tile_grid
+
+    image = smooth_image(3, 64, 64).astype(np.float32)
+    read = lambda t: np.ascontiguousarray(image[:, t.y:t.y + t.height, t.x:t.x + t.width])
+    cpu, tiles = torch.device("cpu"), tile_grid(64, 64, 32, 8)
+    assert window_statistics(WindowNormalisedUpscaler(4), tiles[:1], read, cpu, 1) is None
+    assert window_statistics(LocalConvModel(4), tiles, read, cpu, 1) is None
+    assert set(window_statistics(WindowNormalisedUpscaler(4), tiles, read, cpu, 1)) == {"norm"}
 
 
 def test_tiles_without_overlap_show_seams_that_blending_removes():

@@ -52,10 +52,3 @@ def test_shared_group_norm_statistics_make_a_crop_normalise_like_the_whole():
     assert not torch.allclose(own, reference[..., :12, :12], atol=1e-2)
     assert all("forward" not in vars(m) for m in model.modules()), "the patch must be gone after the block"
 
-
-def test_the_seam_report_can_share_the_single_pass_statistics():
-    torch.manual_seed(0)
-    model, scene = build(StudentConfig.tiny(4)), synthetic_scene(40)
-    own = seam_report(model, scene, tile=24, overlap=8)
-    shared = seam_report(model, scene, tile=24, overlap=8, shared_norm=True)
-    assert shared["band_mad"] < own["band_mad"]

@@ -2,13 +2,13 @@
 
 Every GroupNorm in the student normalises over its input's whole spatial extent, so a
 tile is normalised by its own content rather than by the window's. Measured on the
-shipped x4 weights (`python -m benchmarks.seam ... --explain`), this is nearly all of
-the difference between a tiled run and a single pass (0.99/255 -> 0.02/255 when the
-tiles share the single pass's statistics; 1.22 -> 0.04/255 for a longer-trained file);
-QGAM's per-tile queries add almost nothing.
-`record_group_norm_statistics` keeps each GroupNorm's per-group mean and variance from
-one forward pass; `fixed_group_norm_statistics` normalises later calls with them, so all
-tiles of a window share one normalisation.
+shipped x4 weights, this was nearly all of the difference between a tiled run and a
+single pass (0.99/255 -> 0.02/255 when the tiles shared the single pass's statistics;
+1.22 -> 0.04/255 for a longer-trained file): QGAM's per-tile queries add almost nothing.
+`record_group_norm_statistics` pools each GroupNorm's per-group mean and variance over
+forward passes (e.g. over tiles); `fixed_group_norm_statistics` normalises later calls
+with them, so all tiles of a window share one normalisation (the engine's
+`window_statistics`).
 """
 
 from __future__ import annotations
@@ -50,16 +50,28 @@ def _patched(norms: dict[str, nn.GroupNorm], forward_for) -> Iterator[None]:
             del norm.forward
 
 
+def has_group_norm(model: nn.Module) -> bool:
+    return any(isinstance(module, nn.GroupNorm) for module in model.modules())
+
+
 @contextlib.contextmanager
 def record_group_norm_statistics(model: nn.Module) -> Iterator[Statistics]:
-    """Within the block, each GroupNorm behaves as usual and keeps its latest per-group mean and variance
-    (averaged over the batch) in the yielded dict, keyed by module name."""
+    """Within the block, each GroupNorm behaves as usual, and the yielded dict (keyed by module name) holds its
+    per-group mean and variance pooled over every call so far, weighted by the elements each call saw: over
+    several tiles, the statistics of their union."""
     norms, statistics = _group_norms(model), {}
+    totals: dict[str, list] = {}
 
     def forward_for(name: str):
         def forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
             grouped = _grouped(norm, x)
-            statistics[name] = (grouped.mean(dim=(0, 2)), grouped.var(dim=2, unbiased=False).mean(dim=0))
+            count = grouped.shape[0] * grouped.shape[2]
+            total = totals.setdefault(name, [0, 0.0, 0.0])
+            total[0] += count
+            total[1] = total[1] + grouped.double().sum(dim=(0, 2))  # float64: E[x²] - mean² cancels
+            total[2] = total[2] + grouped.double().square().sum(dim=(0, 2))
+            mean = total[1] / total[0]
+            statistics[name] = (mean.float(), (total[2] / total[0] - mean.square()).clamp_min(0.0).float())
             return nn.functional.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         return forward
 
