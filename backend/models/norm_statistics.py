@@ -31,14 +31,6 @@ def _grouped(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return x.float().reshape(x.shape[0], norm.num_groups, -1)
 
 
-def _affine(norm: nn.GroupNorm, normalised: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    out = normalised.reshape_as(like).to(like.dtype)
-    if norm.affine:
-        shape = (1, -1) + (1,) * (like.dim() - 2)
-        out = out * norm.weight.view(shape) + norm.bias.view(shape)
-    return out
-
-
 @contextlib.contextmanager
 def _patched(norms: dict[str, nn.GroupNorm], forward_for) -> Iterator[None]:
     for name, norm in norms.items():
@@ -68,8 +60,9 @@ def record_group_norm_statistics(model: nn.Module) -> Iterator[Statistics]:
             count = grouped.shape[0] * grouped.shape[2]
             total = totals.setdefault(name, [0, 0.0, 0.0])
             total[0] += count
-            total[1] = total[1] + grouped.double().sum(dim=(0, 2))  # float64: E[x²] - mean² cancels
-            total[2] = total[2] + grouped.double().square().sum(dim=(0, 2))
+            grouped = grouped.double()  # float64 sums: E[x²] - mean² cancels
+            total[1] = total[1] + grouped.sum(dim=(0, 2))
+            total[2] = total[2] + grouped.square().sum(dim=(0, 2))
             mean = total[1] / total[0]
             statistics[name] = (mean.float(), (total[2] / total[0] - mean.square()).clamp_min(0.0).float())
             return nn.functional.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
@@ -88,12 +81,17 @@ def fixed_group_norm_statistics(model: nn.Module, statistics: Statistics) -> Ite
         raise ValueError(f"no statistics for GroupNorm(s) {', '.join(missing)}")
 
     def forward_for(name: str):
+        norm = norms[name]
         mean, var = statistics[name]
+        per_channel = norm.num_channels // norm.num_groups
+        scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel)
+        shift = -mean.repeat_interleave(per_channel) * scale
+        if norm.affine:
+            scale, shift = scale * norm.weight.detach().float(), shift * norm.weight.detach().float() + norm.bias.detach().float()
 
         def forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            grouped = _grouped(norm, x)
-            normalised = (grouped - mean.view(1, -1, 1)) / torch.sqrt(var.view(1, -1, 1) + norm.eps)
-            return _affine(norm, normalised, x)
+            shape = (1, -1) + (1,) * (x.dim() - 2)  # fixed statistics make GroupNorm one multiply-add
+            return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
         return forward
 
     with _patched(norms, forward_for):
