@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from . import __version__
 from .errors import BadInput, Cancelled
 from .models.bicubic import BicubicUpscaler
 from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
+from .models.weights import file_sha256
 from .normalisation import Normalisation, default_spec, parse_spec, resolve
 from .raster import OutputRaster, SourceRaster, Window, check_output_path, set_block_cache
 from .request import RunRequest
@@ -119,15 +119,6 @@ def describe_environment() -> dict[str, object]:
     usable, why = cuda_status()
     return {"package": __version__, "torch": torch.__version__, "gdal": gdal.__version__,
             "numpy": np.__version__, "cuda": usable, "cuda_detail": why, "cpu_threads": torch.get_num_threads()}
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _autocast(device: torch.device):

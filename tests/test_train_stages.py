@@ -105,7 +105,7 @@ def test_student_fine_tunes_from_a_weights_file_with_accumulation_bf16_and_ema(t
                          "student.loop.mixed_precision=bf16", "student.loop.ema_decay=0.5")
     outcome = run(config, "student")
     model = load(outcome.product)
-    from backend.engine import file_sha256
+    from backend.models.weights import file_sha256
 
     lineage = f"fine-tuning from {first.product} (sha256 {file_sha256(str(first.product))[:16]}, steps 1, minutes "
     assert lineage in model.meta["training_log"], "the init must stay identifiable after its path is overwritten"

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from backend.engine import file_sha256
+from backend.models.weights import file_sha256
 from backend.errors import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 

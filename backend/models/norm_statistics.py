@@ -27,10 +27,6 @@ def _group_norms(model: nn.Module) -> dict[str, nn.GroupNorm]:
     return {name: module for name, module in model.named_modules() if isinstance(module, nn.GroupNorm)}
 
 
-def _grouped(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    return x.float().reshape(x.shape[0], norm.num_groups, -1)
-
-
 @contextlib.contextmanager
 def _patched(norms: dict[str, nn.GroupNorm], forward_for) -> Iterator[None]:
     for name, norm in norms.items():
@@ -43,7 +39,7 @@ def _patched(norms: dict[str, nn.GroupNorm], forward_for) -> Iterator[None]:
 
 
 def has_group_norm(model: nn.Module) -> bool:
-    return any(isinstance(module, nn.GroupNorm) for module in model.modules())
+    return bool(_group_norms(model))
 
 
 @contextlib.contextmanager
@@ -56,11 +52,9 @@ def record_group_norm_statistics(model: nn.Module) -> Iterator[Statistics]:
 
     def forward_for(name: str):
         def forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-            grouped = _grouped(norm, x)
-            count = grouped.shape[0] * grouped.shape[2]
+            grouped = x.double().reshape(x.shape[0], norm.num_groups, -1)  # float64 sums: E[x²] - mean² cancels
             total = totals.setdefault(name, [0, 0.0, 0.0])
-            total[0] += count
-            grouped = grouped.double()  # float64 sums: E[x²] - mean² cancels
+            total[0] += grouped.shape[0] * grouped.shape[2]
             total[1] = total[1] + grouped.sum(dim=(0, 2))
             total[2] = total[2] + grouped.square().sum(dim=(0, 2))
             mean = total[1] / total[0]

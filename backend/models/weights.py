@@ -8,6 +8,7 @@ is a `BadInput` whose one-line message names the file and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -122,3 +123,12 @@ def _check_tensors(path: PathLike, found: dict[str, tuple[int, ...]], expected: 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
