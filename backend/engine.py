@@ -129,31 +129,52 @@ def _autocast(device: torch.device):
 
 
 def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
-                batch: int, should_cancel: Optional[ShouldCancel] = None) -> Iterator[tuple[Tile, np.ndarray]]:
+                batch: int, should_cancel: Optional[ShouldCancel] = None,
+                progress: Optional[Progress] = None) -> Iterator[tuple[Tile, np.ndarray]]:
     """Run `model` over tiles in batches, yielding each tile's HR output [3, h*s, w*s] as float32.
 
     A model with GroupNorm normalises every tile with statistics of the whole window
     (`window_statistics`), not of the tile itself: per-tile statistics were nearly all of
     the difference between a tiled run and a single pass (backend/models/norm_statistics.py).
+    progress(done, total) counts tile passes, the statistics pass's included, so a bar moves
+    from the start; an output tile counts once the caller has taken it and asked for the next.
     Cancellation is checked before every batch, so a cancel lands within one batch.
     """
-    statistics = window_statistics(model, tiles, read, device, batch, should_cancel)
+    sample = statistics_sample(model, tiles)
+    total = len(sample) + len(tiles)
+    report = (lambda done: progress(done, total)) if progress is not None else None
+    statistics = window_statistics(model, sample, read, device, batch, should_cancel, report)
+    done = len(sample)
     for chunk, hr in _batches(model, tiles, read, device, batch, should_cancel, statistics):
         for tile, output in zip(chunk, hr.float().cpu().numpy()):
             yield tile, output
+            done += 1
+            if report is not None:
+                report(done)
 
 
-def window_statistics(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
-                      batch: int, should_cancel: Optional[ShouldCancel] = None) -> Optional[Statistics]:
-    """GroupNorm statistics pooled over up to STATISTICS_TILES tiles spread evenly over the window, or None
-    where there is nothing to share (one tile, or a model without GroupNorm). Costs that many extra tiles."""
+def statistics_sample(model: nn.Module, tiles: list[Tile]) -> list[Tile]:
+    """The tiles whose GroupNorm statistics stand for the window's: up to STATISTICS_TILES spread evenly over
+    it, none where there is nothing to share (one tile, or a model without GroupNorm)."""
     if len(tiles) < 2 or not has_group_norm(model):
-        return None
+        return []
     count = min(len(tiles), STATISTICS_TILES)
-    sample = [tiles[round(i * (len(tiles) - 1) / max(count - 1, 1))] for i in range(count)]
+    return [tiles[round(i * (len(tiles) - 1) / max(count - 1, 1))] for i in range(count)]
+
+
+def window_statistics(model: nn.Module, sample: list[Tile], read: Callable[[Tile], np.ndarray],
+                      device: torch.device, batch: int, should_cancel: Optional[ShouldCancel] = None,
+                      on_tiles_done: Optional[Callable[[int], None]] = None) -> Optional[Statistics]:
+    """GroupNorm statistics pooled over the `statistics_sample` tiles, or None for an empty sample.
+    Costs one model pass per sampled tile; on_tiles_done(n) follows each batch."""
+    if not sample:
+        return None
+    done = 0
     with record_group_norm_statistics(model) as statistics:
-        for _ in _batches(model, sample, read, device, batch, should_cancel, None):
-            pass
+        for chunk, _ in _batches(model, sample, read, device, batch, should_cancel, None):
+            done += len(chunk)
+            if on_tiles_done is not None:
+                on_tiles_done(done)
     return dict(statistics)
 
 
@@ -323,8 +344,8 @@ class Engine:
         with OutputRaster(request.output, plan.width, plan.height, plan.bands, out_dtype,
                           source.output_geotransform(window, scale), source.wkt, source.nodata,
                           source.has_mask, metadata) as output:
-            done = 0
-            for tile, hr in infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel):
+            tiles = infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel, progress)
+            for tile, hr in tiles:
                 for block in blender.add(tile, hr):
                     valid = None
                     if source.has_mask or source.dtype == np.float32:
@@ -337,11 +358,8 @@ class Engine:
                     if valid is not None and source.nodata is not None:
                         restored = _avoid_nodata(restored, valid, source.nodata)
                     output.write(block.x, block.y, restored, valid)
-                done += 1
                 if tile.column == blender.columns - 1:
                     release_free_memory()
-                if progress is not None:
-                    progress(done, len(blender.tiles))
             output.commit()
 
 

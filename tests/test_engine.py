@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from backend.engine import Engine, STATISTICS_TILES, super_resolve_array, window_statistics
+from backend.engine import Engine, STATISTICS_TILES, statistics_sample, super_resolve_array, window_statistics
 from backend.errors import BadInput, Cancelled
 from backend.request import RunRequest
 from models_for_tests import LocalConvModel, NearestUpscaler, WindowNormalisedUpscaler
@@ -170,9 +170,27 @@ def test_window_statistics_only_where_there_is_something_to_share():
     image = smooth_image(3, 64, 64).astype(np.float32)
     read = lambda t: np.ascontiguousarray(image[:, t.y:t.y + t.height, t.x:t.x + t.width])
     cpu, tiles = torch.device("cpu"), tile_grid(64, 64, 32, 8)
-    assert window_statistics(WindowNormalisedUpscaler(4), tiles[:1], read, cpu, 1) is None
-    assert window_statistics(LocalConvModel(4), tiles, read, cpu, 1) is None
-    assert set(window_statistics(WindowNormalisedUpscaler(4), tiles, read, cpu, 1)) == {"norm"}
+    assert statistics_sample(WindowNormalisedUpscaler(4), tiles[:1]) == []
+    assert statistics_sample(LocalConvModel(4), tiles) == []
+    assert window_statistics(LocalConvModel(4), [], read, cpu, 1) is None
+    sample = statistics_sample(WindowNormalisedUpscaler(4), tiles)
+    assert len(sample) == min(len(tiles), STATISTICS_TILES) and sample[0] == tiles[0] and sample[-1] == tiles[-1]
+    assert set(window_statistics(WindowNormalisedUpscaler(4), sample, read, cpu, 1)) == {"norm"}
+
+
+def test_progress_counts_the_statistics_pass_so_the_bar_moves_before_the_first_output_tile(engine, rgb_uint16,
+                                                                                          tmp_path):
+    seen, written = [], []
+    model = WindowNormalisedUpscaler(4)
+    forward = model.forward
+    model.forward = lambda lr: (written.append(len(seen)), forward(lr))[1]
+    request = RunRequest(input=rgb_uint16, output=str(tmp_path / "out.tif"), scale=4, tile=32, overlap=8)
+    tiles = engine.plan(request).tiles
+    engine.run(request, progress=lambda done, total: seen.append((done, total)), model=model)
+    total = tiles + min(tiles, STATISTICS_TILES)
+    assert tiles > STATISTICS_TILES
+    assert seen == [(done, total) for done in range(1, total + 1)], "one step per tile pass, ending at the total"
+    assert len(written) == total and written[1] == 1, "the statistics pass reports as it goes"
 
 
 def test_tiles_without_overlap_show_seams_that_blending_removes():
