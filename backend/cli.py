@@ -88,7 +88,8 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
 
 
 class _Progress:
-    """A tqdm bar on a terminal, otherwise a line every 10 %."""
+    """A tqdm bar on a terminal, otherwise a line every 10 %. It counts tile passes: a multi-tile run of a
+    GroupNorm model passes up to 8 tiles once more first, for the window's shared statistics."""
 
     def __init__(self, label: str):
         self.label = label
@@ -100,13 +101,13 @@ class _Progress:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=self.label, unit="tile", file=sys.stderr)
+                self.bar = tqdm(total=total, desc=self.label, unit="tile pass", file=sys.stderr)
             self.bar.update(done - self.bar.n)
             return
         decile = done * 10 // total
         if decile != self.last_decile:
             self.last_decile = decile
-            print(f"{self.label}: {done}/{total} tiles", file=sys.stderr, flush=True)
+            print(f"{self.label}: {done}/{total} tile passes", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
