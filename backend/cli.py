@@ -89,7 +89,7 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
 
 class _Progress:
     """A tqdm bar on a terminal, otherwise a line every 10 %. It counts tile passes: a multi-tile run of a
-    GroupNorm model passes up to 8 tiles once more first, for the window's shared statistics."""
+    GroupNorm model first passes a sample of its tiles for the window's shared statistics."""
 
     def __init__(self, label: str):
         self.label = label

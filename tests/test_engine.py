@@ -180,17 +180,17 @@ def test_window_statistics_only_where_there_is_something_to_share():
 
 def test_progress_counts_the_statistics_pass_so_the_bar_moves_before_the_first_output_tile(engine, rgb_uint16,
                                                                                           tmp_path):
-    seen, written = [], []
+    seen, reports_before_pass = [], []
     model = WindowNormalisedUpscaler(4)
     forward = model.forward
-    model.forward = lambda lr: (written.append(len(seen)), forward(lr))[1]
+    model.forward = lambda lr: (reports_before_pass.append(len(seen)), forward(lr))[1]
     request = RunRequest(input=rgb_uint16, output=str(tmp_path / "out.tif"), scale=4, tile=32, overlap=8)
     tiles = engine.plan(request).tiles
     engine.run(request, progress=lambda done, total: seen.append((done, total)), model=model)
     total = tiles + min(tiles, STATISTICS_TILES)
     assert tiles > STATISTICS_TILES
     assert seen == [(done, total) for done in range(1, total + 1)], "one step per tile pass, ending at the total"
-    assert len(written) == total and written[1] == 1, "the statistics pass reports as it goes"
+    assert len(reports_before_pass) == total and reports_before_pass[1] == 1, "the statistics pass reports as it goes"
 
 
 def test_tiles_without_overlap_show_seams_that_blending_removes():
