@@ -40,6 +40,8 @@ gdal.UseExceptions()
 Upsampler = Callable[[np.ndarray], np.ndarray]
 LR_KINDS = ("clean", "degraded")
 DEGRADATION_SEED = 2021
+CARD_BEGIN = "<!-- begin: table written by benchmarks.quality --card -->"
+CARD_END = "<!-- end: table written by benchmarks.quality --card -->"
 
 
 @dataclass
@@ -149,6 +151,20 @@ def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]
     return methods
 
 
+def embed_in_card(card: str, table: str) -> str:
+    """The model card `card` with the text between its CARD_BEGIN and CARD_END lines replaced by `table`.
+
+    So that the card's test table is the script's output, never retyped: a
+    card without both markers, in order, is an error rather than a silent append.
+    """
+    begin, end = card.find(CARD_BEGIN), card.find(CARD_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the model card needs the lines {CARD_BEGIN!r} and {CARD_END!r}, in that order, "
+                         "around the table to replace")
+    head = card[:begin + len(CARD_BEGIN)]
+    return f"{head}\n{table.strip()}\n{card[end:]}"
+
+
 def _check_scale(found: int, wanted: int, path: Path) -> None:
     if found != wanted:
         raise SystemExit(f"{path} is a x{found} model; this run evaluates x{wanted}")
@@ -166,6 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--niqe", type=Path, default=None, help="NIQE parameters (default: beside the manifest)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--card", type=Path,
+                        help="also replace the table between the markers of this model card (README.md)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
+    if args.card:
+        args.card.write_text(embed_in_card(args.card.read_text(), table))
     return 0
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import LR_KINDS, evaluate, format_table, gdal_upsample, make_lr
+from benchmarks.quality import (CARD_BEGIN, CARD_END, LR_KINDS, embed_in_card, evaluate, format_table,
+                                gdal_upsample, make_lr)
 from benchmarks.reference_cnn import ReferenceCNN, load_reference, save_reference
 from rasters import smooth_image, write_raster
 from training.metrics import NiqeModel
@@ -66,3 +67,15 @@ def test_quality_table_has_a_row_per_lr_kind_sensor_and_method(tmp_path):
     clean_psnr = float(rows[0].split("|")[5])
     degraded_psnr = float(rows[2].split("|")[5])
     assert clean_psnr > degraded_psnr > 0
+
+
+def test_card_table_is_replaced_between_its_markers_and_the_rest_is_kept():
+    card = f"# Card\nbefore\n{CARD_BEGIN}\n| old | table |\nCommand: old\n{CARD_END}\n\nafter\n"
+    updated = embed_in_card(card, "| new | table |\nCommand: new\n")
+    assert updated == f"# Card\nbefore\n{CARD_BEGIN}\n| new | table |\nCommand: new\n{CARD_END}\n\nafter\n"
+    assert embed_in_card(updated, "| new | table |\nCommand: new\n") == updated
+
+
+def test_card_without_markers_is_refused_rather_than_appended_to():
+    with pytest.raises(ValueError, match="begin: table written"):
+        embed_in_card(f"# Card\n{CARD_END}\n{CARD_BEGIN}\n", "| t |")
