@@ -12,7 +12,7 @@ per sensor on the pooled 96 px patches of its tiles. "overall" averages the
 sensors with equal weight (NIQE pooled over all tiles).
 
     .venv/bin/python -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors \
-        --reference runs/reference_cnn_x4.safetensors [--out docs/quality_x4.md]
+        --reference runs/reference_cnn_x4.safetensors [--out docs/quality_x4.md] [--card resources/weights/README.md]
 """
 
 from __future__ import annotations
@@ -151,18 +151,23 @@ def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]
     return methods
 
 
-def embed_in_card(card: str, table: str) -> str:
-    """The model card `card` with the text between its CARD_BEGIN and CARD_END lines replaced by `table`.
+def card_table_span(card: str) -> tuple[int, int]:
+    """Where the replaceable table of a model card starts (after CARD_BEGIN) and ends (at CARD_END).
 
-    So that the card's test table is the script's output, never retyped: a
-    card without both markers, in order, is an error rather than a silent append.
+    A card without both markers, in order, is an error rather than a silent
+    append; main() checks it before the minutes of evaluation, not after.
     """
     begin, end = card.find(CARD_BEGIN), card.find(CARD_END)
     if begin < 0 or end < begin:
         raise ValueError(f"the model card needs the lines {CARD_BEGIN!r} and {CARD_END!r}, in that order, "
                          "around the table to replace")
-    head = card[:begin + len(CARD_BEGIN)]
-    return f"{head}\n{table.strip()}\n{card[end:]}"
+    return begin + len(CARD_BEGIN), end
+
+
+def embed_in_card(card: str, table: str) -> str:
+    """The model card `card` with its table replaced by `table`, so the card's table is never retyped."""
+    start, end = card_table_span(card)
+    return f"{card[:start]}\n{table.strip()}\n{card[end:]}"
 
 
 def _check_scale(found: int, wanted: int, path: Path) -> None:
@@ -185,6 +190,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--card", type=Path,
                         help="also replace the table between the markers of this model card (README.md)")
     args = parser.parse_args(argv)
+    if args.card:
+        try:
+            card_table_span(args.card.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--card {args.card}: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
