@@ -29,7 +29,7 @@ runs/reference_cnn_x4.safetensors: | data
 	$(PY) -m benchmarks.reference_cnn --minutes 25 --out $@
 
 quality: data runs/reference_cnn_x4.safetensors
-	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --role test --threads 1 --out resources/weights/quality_x4.md --card resources/weights/README.md
+	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --role test --threads 1 --card resources/weights/README.md
 
 side-by-side: data
 	$(PY) -m benchmarks.side_by_side --weights resources/weights/slimdiffsr_x4.safetensors --out docs/side_by_side_x4.png
