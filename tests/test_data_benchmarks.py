@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import (CARD_BEGIN, CARD_END, LR_KINDS, embed_in_card, evaluate, format_table,
-                                gdal_upsample, make_lr)
+from benchmarks.quality import (CARD_BEGIN, CARD_END, LR_KINDS, Scores, embed_in_card, evaluate, format_margins,
+                                format_table, gdal_upsample, make_lr)
 from benchmarks.reference_cnn import ReferenceCNN, load_reference, save_reference
 from rasters import smooth_image, write_raster
 from training.metrics import NiqeModel
@@ -67,6 +67,16 @@ def test_quality_table_has_a_row_per_lr_kind_sensor_and_method(tmp_path):
     clean_psnr = float(rows[0].split("|")[5])
     degraded_psnr = float(rows[2].split("|")[5])
     assert clean_psnr > degraded_psnr > 0
+
+
+def test_margins_show_a_small_deficit_that_two_decimals_would_round_to_a_tie():
+    psnr = {("ours", "a"): [20.0, 22.0], ("cnn", "a"): [21.003, 21.003], ("ours", "b"): [30.5], ("cnn", "b"): [29.903]}
+    scores = {(kind, method, sensor): Scores(list(values), [], [])
+              for kind in LR_KINDS for (method, sensor), values in psnr.items()}
+    rows = [line.split("|") for line in format_margins(scores, "ours", ["cnn"]).splitlines()
+            if line.startswith("| clean")]
+    assert [(row[2].strip(), row[3].strip()) for row in rows] == [("a", "-0.003"), ("b", "+0.597"),
+                                                                    ("**overall**", "+0.297")]
 
 
 def test_card_table_is_replaced_between_its_markers_and_the_rest_is_kept():
