@@ -108,6 +108,11 @@ def sensors_of(scores: dict[tuple[str, str, str], Scores]) -> list[str]:
     return sorted({sensor for _, _, sensor in scores})
 
 
+def sensor_rows(scores: dict[tuple[str, str, str], Scores]) -> list[tuple[str, str]]:
+    """(sensor, row label) for each sensor and then the bold "overall" row, shared by both tables."""
+    return [(sensor, sensor) for sensor in sensors_of(scores)] + [(OVERALL, f"**{OVERALL}**")]
+
+
 def mean_psnr(scores: dict[tuple[str, str, str], Scores], kind: str, method: str, sensor: str) -> float:
     """PSNR-Y of `method` over `sensor`'s tiles; for "overall", the equal-weight mean of the sensors."""
     if sensor == OVERALL:
@@ -123,13 +128,12 @@ def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeMod
              "| LR | sensor | tiles | method | PSNR-Y (dB) | SSIM-Y | NIQE |",
              "|---|---|---:|---|---:|---:|---:|"]
     for kind in LR_KINDS:
-        for sensor in [*sensors, OVERALL]:
+        for sensor, label in sensor_rows(scores):
             for method in methods:
                 entries = [scores[(kind, method, s)] for s in (sensors if sensor == OVERALL else [sensor])]
                 ssim = float(np.mean([np.mean(e.ssim) for e in entries]))
                 count = sum(len(e.psnr) for e in entries)
                 niqe = niqe_score(torch.cat([f for e in entries for f in e.features]), niqe_model)
-                label = f"**{sensor}**" if sensor == OVERALL else sensor
                 lines.append(f"| {kind} | {label} | {count} | {method} | {mean_psnr(scores, kind, method, sensor):.2f}"
                              f" | {ssim:.4f} | {niqe:.2f} |")
     return "\n".join(lines) + "\n"
@@ -146,9 +150,8 @@ def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, bas
              "| LR | sensor | " + " | ".join(f"over {b}" for b in baselines) + " |",
              "|---|---|" + "---:|" * len(baselines)]
     for kind in LR_KINDS:
-        for sensor in [*sensors_of(scores), OVERALL]:
+        for sensor, label in sensor_rows(scores):
             leads = [mean_psnr(scores, kind, student, sensor) - mean_psnr(scores, kind, b, sensor) for b in baselines]
-            label = f"**{sensor}**" if sensor == OVERALL else sensor
             lines.append(f"| {kind} | {label} | " + " | ".join(f"{lead:+.3f}" for lead in leads) + " |")
     return "\n".join(lines) + "\n"
 
