@@ -110,3 +110,14 @@ def test_the_critic_sees_generated_images_clamped_to_the_valid_range():
     clamped = blown_up.clamp(0, 1)
     with torch.no_grad():
         assert reconstruction.generator_terms(blown_up, real)["gan"] == reconstruction.generator_terms(clamped, real)["gan"]
+
+
+def test_the_mse_term_is_off_by_default_and_weighted_when_asked():
+    fake = torch.zeros(1, 3, 4, 4)
+    real = torch.full((1, 3, 4, 4), 0.5)
+    plain = Reconstruction({"weights": {"perceptual": 0.0, "gan": 0.0}})
+    assert set(plain.generator_terms(fake, real)) == {"l1"}
+    fidelity = Reconstruction({"weights": {"l1": 0.0, "mse": 2.0, "perceptual": 0.0, "gan": 0.0}})
+    terms = fidelity.generator_terms(fake, real)
+    assert terms["mse"].item() == pytest.approx(2.0 * 0.25)
+    assert terms["l1"].item() == 0.0

@@ -1,6 +1,9 @@
 """The reconstruction objective both the teacher and the student train with: L1 + w·perceptual + w·GAN.
 
-Weights default to the paper's 1, 2.5 and 0.25 (Eq. 20-21). The module keeps
+Weights default to the paper's 1, 2.5 and 0.25 (Eq. 20-21). An optional MSE
+term (weight `mse`, default 0) is for fidelity-first fine-tunes: PSNR is a
+function of the MSE, and where the LR leaves the HR uncertain (degraded LR) the
+mean that MSE learns scores a higher PSNR than the median that L1 learns. The module keeps
 the last real and generated images so the loop can train the discriminator on
 them right after the generator's step.
 """
@@ -16,7 +19,7 @@ from torch import nn
 from .adversarial import build_discriminator, discriminator_hinge, generator_hinge
 from .perceptual import build_perceptual
 
-DEFAULT_WEIGHTS = {"l1": 1.0, "perceptual": 2.5, "gan": 0.25}
+DEFAULT_WEIGHTS = {"l1": 1.0, "mse": 0.0, "perceptual": 2.5, "gan": 0.25}
 
 
 class Reconstruction:
@@ -25,6 +28,7 @@ class Reconstruction:
     def __init__(self, settings: dict[str, Any]) -> None:
         weights = {**DEFAULT_WEIGHTS, **(settings.get("weights") or {})}
         self.l1_weight = float(weights["l1"])
+        self.mse_weight = float(weights["mse"])
         self.perceptual_weight = float(weights["perceptual"])
         self.gan_weight = float(weights["gan"])
         self.notes: list[str] = []
@@ -43,8 +47,10 @@ class Reconstruction:
             self.perceptual.to(device)
 
     def generator_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted terms (keys l1, perceptual, gan) whose sum the generator minimises."""
+        """Weighted terms (keys l1, and mse, perceptual, gan where weighted) whose sum the generator minimises."""
         terms = {"l1": self.l1_weight * F.l1_loss(fake, real)}
+        if self.mse_weight > 0:
+            terms["mse"] = self.mse_weight * F.mse_loss(fake, real)
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual_weight * self.perceptual(fake, real)
         if self.critic is not None:
