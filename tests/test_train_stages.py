@@ -95,6 +95,7 @@ def test_no_dis_student_trains_without_a_teacher_and_says_so(tmp_path):
     model = load(outcome.product)
     assert model.meta["teacher"] == "none (No-Dis)"
     assert "No-Dis" in model.meta["training_log"]
+    assert "reconstruction loss: 1·l1 + 2.5·perceptual + 0.25·gan" in model.meta["training_log"]
     assert model.meta["normalisation"] == "percentile:2,98"
 
 

@@ -22,6 +22,13 @@ from .perceptual import build_perceptual
 DEFAULT_WEIGHTS = {"l1": 1.0, "mse": 0.0, "perceptual": 2.5, "gan": 0.25}
 
 
+def describe(weights: dict[str, float]) -> str:
+    """The weighted sum in words (e.g. "1·mse"), recorded in the product's training log: two runs with the
+    same config but another loss cannot be told apart otherwise."""
+    return " + ".join(f"{float(w):g}·{name}" for name, w in weights.items()
+                      if name in DEFAULT_WEIGHTS and float(w) > 0) or "nothing"
+
+
 class Reconstruction:
     """Loss terms between a generated HR image and the real one; `critic` is None when the GAN weight is 0."""
 
@@ -31,7 +38,7 @@ class Reconstruction:
         self.mse_weight = float(weights["mse"])
         self.perceptual_weight = float(weights["perceptual"])
         self.gan_weight = float(weights["gan"])
-        self.notes: list[str] = []
+        self.notes: list[str] = [f"reconstruction loss: {describe(weights)}"]
         self.perceptual: Optional[nn.Module] = None
         if self.perceptual_weight > 0:
             self.perceptual, note = build_perceptual(settings.get("lpips_weights"))
