@@ -167,7 +167,10 @@ def test_any_checkpoint_exports_as_a_weights_file_with_its_ema_or_raw_weights(tm
     run(config, "student")
     stage = tmp_path / "student"
     raw = load(export(stage, 1, "generator", tmp_path / "raw.safetensors"))
-    ema = load(export(stage, 1, "ema", tmp_path / "ema.safetensors"))
+    unrelated = tmp_path / "unrelated.safetensors"
+    save(load(stage / "student.safetensors"), unrelated, {"training_log": "another run"})
+    ema = load(export(stage, 1, "ema", tmp_path / "ema.safetensors", like=unrelated))
+    assert ema.meta["training_log"] == raw.meta["training_log"] != "another run", "a finished run's own log wins"
     checkpoint = load_file(str(stage / "checkpoints" / "step_1" / "generator.safetensors"))
     for name, tensor in raw.state_dict().items():
         if f"student.{name}" in checkpoint:
@@ -190,6 +193,8 @@ def test_a_run_still_going_exports_with_the_config_of_a_file_like_it(tmp_path):
     with pytest.raises(BadInput, match="--like"):
         export(stage, 1, "generator", tmp_path / "raw.safetensors")
     raw = load(export(stage, 1, "generator", tmp_path / "raw.safetensors", like=like))
+    assert raw.meta["training_log"].startswith("exported while the run was still going"), \
+        "the like file's lineage is not the run's"
     checkpoint = load_file(str(stage / "checkpoints" / "step_1" / "generator.safetensors"))
     assert all(torch.equal(t, checkpoint[f"student.{n}"]) for n, t in raw.state_dict().items()
                if f"student.{n}" in checkpoint)

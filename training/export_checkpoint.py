@@ -4,9 +4,12 @@ A run exports the EMA of its last step. Which of the two is better, and at which
 step, is a question for the validation blocks (`benchmarks.quality --role
 validation`); this tool makes any candidate a normal, self-describing weights
 file. The run's own product (`student.safetensors` in the stage folder) supplies
-the config and provenance; while a run is still going it has no product yet, and
-`--like` names a weights file of the same architecture (e.g. the run's
-`student.init`) to supply them instead. The metadata records which tensors were taken.
+the config and provenance, and is used whenever it exists. While the first piece
+of a run is still going it has no product yet, and `--like` names a weights file
+of the same architecture (e.g. the run's `student.init`) to supply the config;
+its training log is not the run's, so the export then points to the run's own
+log instead of inheriting a lineage that is not its. The metadata records which
+tensors were taken.
 
     python -m training.export_checkpoint runs/default_x4/student --step 2600 --take generator --out F.safetensors
 """
@@ -30,10 +33,11 @@ PREFIX = "student."
 
 def export(stage_dir: Path, step: int, take: str, out: Path, like: Optional[Path] = None) -> Path:
     """Write checkpoint `step`'s `take` tensors ("ema" or "generator") with the config and meta of the run's
-    product, or of `like` (a weights file of the same architecture) for a run that has not finished."""
+    product, or, for a run that has none yet, the config of `like` (a weights file of the same architecture)."""
     if take not in TAKES:
         raise BadInput(f"take must be one of {', '.join(TAKES)}, not {take!r}")
-    product = like or stage_dir / "student.safetensors"
+    own_product = stage_dir / "student.safetensors"
+    product = own_product if own_product.is_file() or like is None else like
     tensors_file = stage_dir / "checkpoints" / f"step_{step}" / f"{take}.safetensors"
     for needed in (product, tensors_file):
         if not needed.is_file():
@@ -46,7 +50,10 @@ def export(stage_dir: Path, step: int, take: str, out: Path, like: Optional[Path
     except RuntimeError as error:
         raise BadInput(f"checkpoint step_{step} does not fit the architecture of {product}: {error}") from None
     state = torch.load(tensors_file.parent / "state.pt", map_location="cpu", weights_only=True)
-    meta = {**model.meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
+    meta = dict(model.meta)
+    if product != own_product:
+        meta["training_log"] = f"exported while the run was still going: see {stage_dir / 'run.log'} (config of {like})"
+    meta = {**meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
             "weights_taken": f"{take} of checkpoint step_{step} of {stage_dir}"}
     save(model, out, meta)
     return out
@@ -59,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--take", choices=TAKES, default="ema", help="the EMA (default) or the raw trained weights")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write")
     parser.add_argument("--like", type=Path, default=None,
-                        help="weights file of the same architecture supplying config and meta, for a run still going")
+                        help="weights file of the same architecture supplying the config while the run has no product yet")
     args = parser.parse_args(argv)
     try:
         print(export(args.stage_dir, args.step, args.take, args.out, args.like))
