@@ -1,4 +1,4 @@
-"""The reconstruction objective both the teacher and the student train with: L1 + w·perceptual + w·GAN.
+"""The reconstruction objective both the teacher and the student train with: L1 (or MSE) + w·perceptual + w·GAN.
 
 Weights default to the paper's 1, 2.5 and 0.25 (Eq. 20-21). An optional MSE
 term (weight `mse`, default 0) is for fidelity-first fine-tunes: PSNR is a
