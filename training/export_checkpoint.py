@@ -50,11 +50,10 @@ def export(stage_dir: Path, step: int, take: str, out: Path, like: Optional[Path
     except RuntimeError as error:
         raise BadInput(f"checkpoint step_{step} does not fit the architecture of {product}: {error}") from None
     state = torch.load(tensors_file.parent / "state.pt", map_location="cpu", weights_only=True)
-    meta = dict(model.meta)
+    meta = {**model.meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
+            "weights_taken": f"{take} of checkpoint step_{step} of {stage_dir}"}
     if product != own_product:
         meta["training_log"] = f"exported while the run was still going: see {stage_dir / 'run.log'} (config of {like})"
-    meta = {**meta, "steps": str(step), "minutes": f"{state['minutes']:.2f}",
-            "weights_taken": f"{take} of checkpoint step_{step} of {stage_dir}"}
     save(model, out, meta)
     return out
 
