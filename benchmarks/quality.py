@@ -20,6 +20,7 @@ decimals: the differences the acceptance is stated in.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import defaultdict
@@ -144,7 +145,9 @@ def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, bas
 
     The issue's acceptance is stated as these differences; at the main table's
     2 decimals a 0.003 dB deficit reads as a tie, so they are printed here, by
-    the script, rather than worked out by hand from rounded figures.
+    the script, rather than worked out by hand from rounded figures. They are
+    rounded down, never to nearest: a lead of +0.4995 against a bar of +0.5
+    must not print as +0.500.
     """
     lines = [f"PSNR-Y lead of {student} (dB, positive = ahead):", "",
              "| LR | sensor | " + " | ".join(f"over {b}" for b in baselines) + " |",
@@ -152,8 +155,18 @@ def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, bas
     for kind in LR_KINDS:
         for sensor, label in sensor_rows(scores):
             leads = [mean_psnr(scores, kind, student, sensor) - mean_psnr(scores, kind, b, sensor) for b in baselines]
-            lines.append(f"| {kind} | {label} | " + " | ".join(f"{lead:+.3f}" for lead in leads) + " |")
+            lines.append(f"| {kind} | {label} | " + " | ".join(f"{rounded_down(lead):+.3f}" for lead in leads) + " |")
     return "\n".join(lines) + "\n"
+
+
+def rounded_down(lead: float, decimals: int = 3) -> float:
+    """`lead` rounded toward minus infinity, so that a printed lead never overstates the true one.
+
+    The 1e-9 absorbs the float error of a difference such as 21 - 21.003, which
+    would otherwise floor one unit too low.
+    """
+    unit = 10 ** decimals
+    return math.floor(lead * unit + 1e-9) / unit
 
 
 def student_label(weights: Path) -> str:

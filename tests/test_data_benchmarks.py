@@ -79,6 +79,16 @@ def test_margins_show_a_small_deficit_that_two_decimals_would_round_to_a_tie():
                                                                     ("**overall**", "+0.297")]
 
 
+def test_margins_round_down_so_a_lead_just_short_of_a_bar_does_not_read_as_meeting_it():
+    psnr = {("ours", "a"): [20.4995], ("cubic", "a"): [20.0], ("ours", "b"): [19.9996], ("cubic", "b"): [20.0]}
+    scores = {(kind, method, sensor): Scores(list(values), [], [])
+              for kind in LR_KINDS for (method, sensor), values in psnr.items()}
+    rows = [line.split("|") for line in format_margins(scores, "ours", ["cubic"]).splitlines()
+            if line.startswith("| degraded")]
+    assert [(row[2].strip(), row[3].strip()) for row in rows] == [("a", "+0.499"), ("b", "-0.001"),
+                                                                    ("**overall**", "+0.249")]
+
+
 def test_card_table_is_replaced_between_its_markers_and_the_rest_is_kept():
     card = f"# Card\nbefore\n{CARD_BEGIN}\n| old | table |\nCommand: old\n{CARD_END}\n\nafter\n"
     updated = embed_in_card(card, "| new | table |\nCommand: new\n")
