@@ -69,24 +69,23 @@ def test_quality_table_has_a_row_per_lr_kind_sensor_and_method(tmp_path):
     assert clean_psnr > degraded_psnr > 0
 
 
+def margin_cells(psnr: dict[tuple[str, str], list[float]], baseline: str, kind: str) -> list[tuple[str, str]]:
+    """(sensor, lead over `baseline`) as format_margins prints them for `kind`, from per-tile PSNRs of "ours"."""
+    scores = {(lr, method, sensor): Scores(list(values), [], [])
+              for lr in LR_KINDS for (method, sensor), values in psnr.items()}
+    rows = [line.split("|") for line in format_margins(scores, "ours", [baseline]).splitlines()
+            if line.startswith(f"| {kind}")]
+    return [(row[2].strip(), row[3].strip()) for row in rows]
+
+
 def test_margins_show_a_small_deficit_that_two_decimals_would_round_to_a_tie():
     psnr = {("ours", "a"): [20.0, 22.0], ("cnn", "a"): [21.003, 21.003], ("ours", "b"): [30.5], ("cnn", "b"): [29.903]}
-    scores = {(kind, method, sensor): Scores(list(values), [], [])
-              for kind in LR_KINDS for (method, sensor), values in psnr.items()}
-    rows = [line.split("|") for line in format_margins(scores, "ours", ["cnn"]).splitlines()
-            if line.startswith("| clean")]
-    assert [(row[2].strip(), row[3].strip()) for row in rows] == [("a", "-0.003"), ("b", "+0.597"),
-                                                                    ("**overall**", "+0.297")]
+    assert margin_cells(psnr, "cnn", "clean") == [("a", "-0.003"), ("b", "+0.597"), ("**overall**", "+0.297")]
 
 
 def test_margins_round_down_so_a_lead_just_short_of_a_bar_does_not_read_as_meeting_it():
     psnr = {("ours", "a"): [20.4995], ("cubic", "a"): [20.0], ("ours", "b"): [19.9996], ("cubic", "b"): [20.0]}
-    scores = {(kind, method, sensor): Scores(list(values), [], [])
-              for kind in LR_KINDS for (method, sensor), values in psnr.items()}
-    rows = [line.split("|") for line in format_margins(scores, "ours", ["cubic"]).splitlines()
-            if line.startswith("| degraded")]
-    assert [(row[2].strip(), row[3].strip()) for row in rows] == [("a", "+0.499"), ("b", "-0.001"),
-                                                                    ("**overall**", "+0.249")]
+    assert margin_cells(psnr, "cubic", "degraded") == [("a", "+0.499"), ("b", "-0.001"), ("**overall**", "+0.249")]
 
 
 def test_card_table_is_replaced_between_its_markers_and_the_rest_is_kept():
