@@ -11,7 +11,7 @@ tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
 per sensor on the pooled 96 px patches of its tiles. "overall" averages the
 sensors with equal weight (NIQE pooled over all tiles). With `--weights`, a
 second table gives the student's PSNR-Y lead over every other method to 3
-decimals: the differences the acceptance is stated in.
+decimals, rounded down: the differences the acceptance is stated in.
 
     .venv/bin/python -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors \
         --reference runs/reference_cnn_x4.safetensors [--out docs/quality_x4.md] [--card resources/weights/README.md]
