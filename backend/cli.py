@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import BadInput, Cancelled, SlimDiffSRError
-from .request import SUPPORTED_SCALES, RunRequest
+from slimdiffsr_qgis.contract import BadInput, Cancelled, SlimDiffSRError
+from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
 
 log = logging.getLogger("slimdiffsr")
 

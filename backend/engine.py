@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import BadInput, Cancelled
+from slimdiffsr_qgis.contract import BadInput, Cancelled
 from .models.bicubic import BicubicUpscaler
 from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
 from .models.weights import file_sha256
 from .normalisation import Normalisation, default_spec, parse_spec, resolve
 from .raster import OutputRaster, SourceRaster, Window, check_output_path, set_block_cache
-from .request import RunRequest
+from slimdiffsr_qgis.contract import RunRequest
 from .resources import default_weights_path
 from .tiling import StreamingBlender, Tile, blend_in_memory, tile_grid
 

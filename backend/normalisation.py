@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 DEFAULT_PERCENTILES = (2.0, 98.0)
 

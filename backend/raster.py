@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 gdal.UseExceptions()
 osr.UseExceptions()

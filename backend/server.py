@@ -37,8 +37,8 @@ from dataclasses import asdict
 from typing import Any, Callable, Optional, TextIO
 
 from . import __version__
-from .errors import Cancelled, SlimDiffSRError
-from .request import RunRequest
+from slimdiffsr_qgis.contract import Cancelled, SlimDiffSRError
+from slimdiffsr_qgis.contract import RunRequest
 
 PROTOCOL_VERSION = 1
 QUEUED_OPS = ("run", "plan")

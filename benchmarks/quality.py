@@ -33,7 +33,7 @@ import torch
 from osgeo import gdal
 
 from backend.engine import super_resolve_array
-from backend.request import RunRequest
+from slimdiffsr_qgis.contract import RunRequest
 from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample, degrade
 from training.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y

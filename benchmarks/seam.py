@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from backend.engine import super_resolve_array
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import load
 from backend.normalisation import default_spec, resolve
 from backend.tiling import tile_grid

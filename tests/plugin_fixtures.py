@@ -36,6 +36,24 @@ def write_tiny_weights(path: Path, scale: int = 4) -> str:
     return str(path)
 
 
+def write_tiny_shipped_like_weights(path: Path, scale: int = 4) -> str:
+    """A tiny student carrying the shipped x4 file's metadata (its `percentile:2,98` normalisation and provenance).
+
+    The shipped file itself runs about 0.4 s per 512² output on this CPU, too slow for a matrix of dozens
+    of cases through three entry points; a tiny student with the same metadata goes through exactly the
+    same engine path (recorded normalisation, GroupNorm statistics pass, writer) in milliseconds.
+    """
+    import torch
+
+    from backend.models import StudentConfig, build, read_metadata, save
+    from backend.resources import default_weights_path
+
+    shipped = read_metadata(default_weights_path(4))["meta"]
+    torch.manual_seed(0)
+    save(build(StudentConfig.tiny(scale)), path, {**shipped, "purpose": "tests: tiny student, shipped metadata"})
+    return str(path)
+
+
 def write_rgb(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> str:
     """A 3-band uint8 GeoTIFF in EPSG:32633 with 10 m pixels."""
     return write_raster(str(path), (smooth_image(3, height, width, seed=seed) * 255).astype(np.uint8))

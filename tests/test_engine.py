@@ -7,8 +7,8 @@ import pytest
 from osgeo import gdal, osr
 
 from backend.engine import Engine, STATISTICS_TILES, statistics_sample, super_resolve_array, window_statistics
-from backend.errors import BadInput, Cancelled
-from backend.request import RunRequest
+from slimdiffsr_qgis.contract import BadInput, Cancelled
+from slimdiffsr_qgis.contract import RunRequest
 from models_for_tests import LocalConvModel, NearestUpscaler, WindowNormalisedUpscaler
 from rasters import ORIGIN, PIXEL, read_raster, smooth_image, write_raster
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from training.backbone import scheduler_from
 from training.losses import mmd2_rbf, total_variation
 from training.perceptual import LPIPS, LaplacianPyramidL1, build_perceptual

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, save
 from backend.models.summary import describe, operator_table, parameter_table
 

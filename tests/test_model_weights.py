@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, load, read_metadata, save
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels
 from training.adversarial import DinoDiscriminator, PatchDiscriminator, build_discriminator
 from training.backbone import load_backbone, scheduler_from

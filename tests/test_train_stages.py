@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, load, save
 from training import train_student, train_teacher, train_uncertainty
 from training.cli import run_stage

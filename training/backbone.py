@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 TINY_SEED = 1234
 TINY_CROSS_ATTENTION_DIM = 32

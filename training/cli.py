@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from backend.errors import SlimDiffSRError
+from slimdiffsr_qgis.contract import SlimDiffSRError
 
 from . import distributed
 from .batches import seeded_batches

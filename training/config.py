@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, TypeVar
 
 import yaml
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 from .loop import LoopConfig
 

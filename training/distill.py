@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 from .losses import mmd2_rbf
 

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from backend.errors import BadInput, SlimDiffSRError
+from slimdiffsr_qgis.contract import BadInput, SlimDiffSRError
 from backend.models import load
 from backend.models.bicubic import BicubicUpscaler
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_file
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import load, save
 
 TAKES = ("ema", "generator")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 from .config import section
 from .data import CropDataset, SceneRef, scenes_from_folder, scenes_from_manifest

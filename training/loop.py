@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 from . import distributed
 from .distributed import Processes

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 from .backbone import Backbone, decode_latent, encode_latent, load_backbone
 from .timesteps import invert_alphas_cumprod

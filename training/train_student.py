@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from backend.models.weights import file_sha256
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 
 from . import cli

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from backend.errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 
 
 @dataclass

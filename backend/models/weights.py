@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import BadInput
+from slimdiffsr_qgis.contract import BadInput
 from .config import StudentConfig
 from .student import SlimDiffSR, build
 
