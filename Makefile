@@ -64,8 +64,9 @@ bench-seam: $(STAMP)
 bench-memory: $(STAMP)
 	$(PY) benchmarks/memory.py
 
-# docs/dock.png: the dock in the real QGIS desktop under Xvfb (needs Debian's qgis and xvfb packages).
-.PHONY: screenshot
-screenshot: $(STAMP)
+# The plugin in the real QGIS desktop under Xvfb, installed from its zip into a fresh profile: the dock and
+# Processing on the sample, screenshots docs/dock.png and docs/processing.png (needs Debian's qgis and xvfb).
+.PHONY: desktop-check
+desktop-check: $(STAMP)
 	dpkg -s qgis xvfb >/dev/null 2>&1 || apt-get install -y --no-install-recommends qgis xvfb
-	$(PY) scripts/screenshot_dock.py
+	$(PY) scripts/desktop_check.py --out-dir docs
