@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, load, read_metadata, save
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parent.parent
 PROVENANCE = {"normalisation": "percentile:2,98", "training_run": "unit-test"}
 
 
@@ -110,6 +115,17 @@ def test_safetensors_without_config_is_bad_input(weights, tmp_path):
         (json.dumps({"scale": 3}), "scale must be 2, 4 or 8"),
         (json.dumps({"scale": 4, "wings": 2}), "unknown config field(s): wings"),
         (json.dumps({"encoder": "hr"}), "no 'scale'"),
+        (json.dumps({"scale": 4, "vae_channels": 100000}), "vae_channels 100000 is outside 1..4096"),
+        (json.dumps({"scale": 4, "block_channels": [4096] * 6 + [8192]}), "7 levels; between 1 and 6"),
+        (json.dumps({"scale": 4, "block_channels": [64, 5000]}), "block_channels width 5000 is outside 1..4096"),
+        (json.dumps({"scale": 4, "qgam_queries": 10**9}), "qgam_queries 1000000000 is outside 1..1024"),
+        (json.dumps({"scale": 4, "norm_groups": 0}), "norm_groups 0 is outside 1..512"),
+        (json.dumps({"scale": 4, "layers_per_block": -1}), "layers_per_block -1 is outside 1..8"),
+        (json.dumps({"scale": 4, "block_channels": "wide"}), "block_channels must be a list of integers"),
+        ('{"scale": 4, "block_channels": [Infinity]}', "block_channels must be a list of integers"),
+        (json.dumps({"scale": 4, "bottleneck_ratio": "half"}), "bottleneck_ratio must be a number"),
+        (json.dumps({"scale": 4, "encoder": ["hr"]}), "encoder must be text"),
+        ("[" * 100000 + "]" * 100000, "bad SlimDiffSR config"),
     ],
 )
 def test_wrong_config_is_bad_input(weights, tmp_path, config_json, fragment):
@@ -136,3 +152,66 @@ def test_ablation_tensors_under_the_student_config_are_bad_input(tmp_path):
 def test_provenance_must_be_strings(tmp_path):
     with pytest.raises(TypeError):
         save(build(StudentConfig.tiny(4)), tmp_path / "w.safetensors", {"epoch": 3})
+
+
+def huge_config_file(path, tmp_path, **widths):
+    """A tiny file (the tiny student's tensors) whose config asks for a far larger network."""
+    config = {**StudentConfig.tiny(4).to_dict(), "norm_groups": 32, "attention_head_dim": 64,
+              "conv1": "conv3x3", "conv2": "conv3x3", "attention": "self", **widths}
+    return rewrite_config(path, tmp_path / "crafted.safetensors", json.dumps(config))
+
+
+def peak_growth_of_load(path) -> tuple[float, str]:
+    """(MiB the peak RSS of a fresh process grew by while `load(path)` failed, the error message)."""
+    script = (
+        "import resource, sys, torch; from backend.models import load\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    load(sys.argv[1])\nexcept Exception as error:\n    message = f'{type(error).__name__}: {error}'\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) / 1024); print(message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    growth, message = done.stdout.strip().splitlines()
+    return float(growth), message
+
+
+@pytest.mark.parametrize("widths,fragment", [
+    ({"vae_channels": 2**20, "mid_channels": 2**20}, "vae_channels 1048576 is outside 1..4096"),
+    # Within every bound, yet about 80 GB of float32 tensors: the header's shapes refuse it before a build.
+    ({"vae_channels": 4096, "block_channels": [4096, 4096, 4096], "mid_channels": 4096},
+     "tensors do not match the config"),
+])
+def test_a_small_crafted_file_asking_for_a_huge_network_is_refused_without_allocating_it(
+        weights, tmp_path, widths, fragment):
+    _, path = weights
+    crafted = huge_config_file(path, tmp_path, **widths)
+    assert crafted.stat().st_size < 3_000_000
+    started = time.perf_counter()
+    growth, message = peak_growth_of_load(crafted)
+    assert message.startswith("BadInput: ") and fragment in message and "\n" not in message
+    assert growth < 200, f"refusing the file grew the peak RSS by {growth:.0f} MiB"
+    assert time.perf_counter() - started < 60
+
+
+def test_tensors_of_another_dtype_are_bad_input(weights, tmp_path):
+    _, path = weights
+    tensors = {name: tensor.to(torch.int32) for name, tensor in load_file(str(path)).items()}
+    integers = tmp_path / "integers.safetensors"
+    save_file(tensors, str(integers), metadata={"format": "pt", "slimdiffsr_config": json.dumps(
+        StudentConfig.tiny(4).to_dict())})
+    assert_bad_input(integers, "not floating point")
+
+
+def test_info_reports_a_file_with_wrong_tensor_shapes_as_an_error(weights, tmp_path):
+    _, path = weights
+    mismatched = rewrite_config(path, tmp_path / "other.safetensors",
+                                json.dumps(StudentConfig.tiny(4).replace(vae_channels=8).to_dict()))
+    with pytest.raises(BadInput, match="wrong shape"):
+        read_metadata(mismatched)
+    done = subprocess.run([sys.executable, "-m", "backend.cli", "info", str(mismatched)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert "wrong shape" in done.stderr and "other.safetensors" in done.stderr
+    assert done.stdout == "", "a bad file is not described as if it were fine"

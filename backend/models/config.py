@@ -7,6 +7,7 @@ file alone says which network it belongs to (`build(StudentConfig.from_dict(...)
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,22 @@ INT_FIELDS = (
     "scale", "vae_channels", "mid_channels", "layers_per_block", "norm_groups", "ff_mult",
     "qgam_queries", "qgam_dim", "attention_head_dim", "dsc_kernel",
 )
+# What any real preset needs, with room to spare (the paper preset's values in parentheses):
+# a weights file is untrusted input, and a config beyond these bounds is refused before a
+# single tensor is allocated for it.
+MAX_WIDTH = 4096  # vae_channels (64), block_channels (320, 640), mid_channels (1280), qgam_dim (64)
+MAX_LEVELS = 6  # len(block_channels) (2)
+BOUNDS = {
+    "vae_channels": MAX_WIDTH,
+    "mid_channels": MAX_WIDTH,
+    "layers_per_block": 8,  # (2)
+    "norm_groups": 512,  # (32)
+    "ff_mult": 8,  # (4)
+    "qgam_queries": 1024,  # (32)
+    "qgam_dim": MAX_WIDTH,
+    "attention_head_dim": MAX_WIDTH,  # (64)
+    "dsc_kernel": 31,  # (3)
+}
 LATENT_FACTOR = 8
 """The tiny VAE maps HR pixels to a latent grid 8 times coarser, as TAESD does."""
 
@@ -80,20 +97,22 @@ class StudentConfig:
     lr_skip: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_channels", tuple(int(c) for c in self.block_channels))
         problems = list(self._problems())
         if problems:
             raise ValueError("; ".join(problems))
+        object.__setattr__(self, "block_channels", tuple(self.block_channels))
 
     def _problems(self):
-        for name in INT_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                yield f"{name} must be an integer, not {value!r}"
-                return
-        for name in ("residual", "lr_skip"):
-            if not isinstance(getattr(self, name), bool):
-                yield f"{name} must be true or false, not {getattr(self, name)!r}"
+        # Types and bounds first, and stop there if they fail: the checks after them
+        # divide by and compare these values.
+        bad_types = list(self._type_problems())
+        if bad_types:
+            yield from bad_types
+            return
+        bad_bounds = list(self._bound_problems())
+        if bad_bounds:
+            yield from bad_bounds
+            return
         if self.lr_skip and self.encoder != "lr":
             yield "lr_skip needs encoder 'lr' (the 'hr' encoder never sees the LR grid)"
         if self.scale not in (2, 4, 8):
@@ -106,20 +125,45 @@ class StudentConfig:
             yield f"conv2 must be one of {CONV2_KINDS}, not {self.conv2!r}"
         if self.attention not in ATTENTION_KINDS:
             yield f"attention must be one of {ATTENTION_KINDS}, not {self.attention!r}"
-        if len(self.block_channels) < 1:
-            yield "block_channels needs at least one level"
         for width in (*self.block_channels, self.mid_channels):
             if width % self.norm_groups:
                 yield f"width {width} is not divisible by norm_groups {self.norm_groups}"
         for width in self.block_channels:
             if width % self.attention_head_dim:
                 yield f"width {width} is not divisible by attention_head_dim {self.attention_head_dim}"
-        if not 0 < self.bottleneck_ratio <= 1:
-            yield f"bottleneck_ratio must be in (0, 1], not {self.bottleneck_ratio}"
         if self.dsc_kernel % 2 == 0:
             yield f"dsc_kernel must be odd, not {self.dsc_kernel}"
-        if min(self.vae_channels, self.layers_per_block, self.ff_mult, self.qgam_queries, self.qgam_dim) < 1:
-            yield "vae_channels, layers_per_block, ff_mult, qgam_queries and qgam_dim must be positive"
+
+    def _type_problems(self):
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if not _is_int(value):
+                yield f"{name} must be an integer, not {reprlib.repr(value)}"
+        channels = self.block_channels
+        if not isinstance(channels, (list, tuple)) or not all(_is_int(width) for width in channels):
+            yield f"block_channels must be a list of integers, not {reprlib.repr(channels)}"
+        ratio = self.bottleneck_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            yield f"bottleneck_ratio must be a number, not {reprlib.repr(ratio)}"
+        for name in ("residual", "lr_skip"):
+            if not isinstance(getattr(self, name), bool):
+                yield f"{name} must be true or false, not {reprlib.repr(getattr(self, name))}"
+        for name in ("encoder", "conv1", "conv2", "attention"):
+            if not isinstance(getattr(self, name), str):
+                yield f"{name} must be text, not {reprlib.repr(getattr(self, name))}"
+
+    def _bound_problems(self):
+        for name, largest in BOUNDS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= largest:
+                yield f"{name} {value} is outside 1..{largest} (no preset needs more)"
+        if not 1 <= len(self.block_channels) <= MAX_LEVELS:
+            yield f"block_channels has {len(self.block_channels)} levels; between 1 and {MAX_LEVELS} are allowed"
+        for width in self.block_channels:
+            if not 1 <= width <= MAX_WIDTH:
+                yield f"block_channels width {width} is outside 1..{MAX_WIDTH} (no preset needs more)"
+        if not 0 < self.bottleneck_ratio <= 1:
+            yield f"bottleneck_ratio must be in (0, 1], not {self.bottleneck_ratio}"
 
     @classmethod
     def paper(cls, scale: int) -> "StudentConfig":
@@ -196,3 +240,7 @@ class StudentConfig:
             return cls(**data)
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

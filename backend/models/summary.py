@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 from typing import Union
 
-import torch
 from torch import nn
 
 from .config import StudentConfig
 from .operators import DirectionSeparableConv, FrequencySeparableConv, QueryGlobalAggregation, SelfAttention
-from .student import build
 from .unet import FeedForward
-from .weights import read_metadata
+from .weights import meta_model, read_metadata
 
 OPERATORS: tuple[tuple[str, type], ...] = (
     ("FSC (ResBlock conv1)", FrequencySeparableConv),
@@ -27,19 +25,13 @@ OPERATORS: tuple[tuple[str, type], ...] = (
 )
 
 
-def _meta_model(config: StudentConfig) -> nn.Module:
-    """The student with shapes only (no memory, no initialisation): enough to count."""
-    with torch.device("meta"):
-        return build(config)
-
-
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def parameter_table(config: StudentConfig) -> list[tuple[str, int]]:
     """(module, parameters) rows in data-flow order: VAE encoder, each UNet part, VAE decoder; then the total."""
-    model = _meta_model(config)
+    model = meta_model(config)
     unet = model.unet
     rows = [("encoder (TAESD-style, no 64->4 conv)", _count(model.encoder))]
     rows.append((f"unet.conv_in (fused {config.vae_channels}->{config.block_channels[0]})", _count(unet.conv_in)))
@@ -59,7 +51,7 @@ def parameter_table(config: StudentConfig) -> list[tuple[str, int]]:
 
 def operator_table(config: StudentConfig) -> list[tuple[str, int]]:
     """(operator, parameters summed over all its uses) for the replaced operators; the rest as one row."""
-    model = _meta_model(config)
+    model = meta_model(config)
     rows = []
     counted = 0
     for label, kind in OPERATORS:

@@ -1,7 +1,10 @@
 """Self-describing weights files: safetensors tensors plus the config and provenance in the metadata.
 
 A weights file alone rebuilds its network: `load(path)` reads the config from the
-file's metadata, builds the student and checks every tensor against it. Only
+file's metadata, checks it against the bounds of any real preset and every tensor
+shape in the file's header against the shapes the config implies (from a network
+built on the meta device, which allocates nothing), and only then builds the
+student, so a small crafted file cannot make the loader allocate gigabytes. Only
 safetensors is read, never a pickle (which can run code). Every problem with a file
 is a `BadInput` whose one-line message names the file and what is wrong.
 """
@@ -27,6 +30,7 @@ from .student import SlimDiffSR, build
 CONFIG_KEY = "slimdiffsr_config"
 FORMAT_KEY = "format"  # safetensors' own convention: "pt" for PyTorch tensors
 RESERVED_KEYS = (CONFIG_KEY, FORMAT_KEY)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names of the dtypes a student's tensors may have
 PathLike = Union[str, os.PathLike]
 
 
@@ -58,9 +62,13 @@ def save(model: nn.Module, path: PathLike, meta: Optional[dict[str, str]] = None
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
-    """{"config": config dict, "meta": provenance dict, "parameters": count} without building the model."""
+    """{"config": config dict, "meta": provenance dict, "parameters": count} without building the model.
+
+    The tensors' shapes are checked against the config, so a file that `load` would refuse is refused here too.
+    """
     metadata, shapes = _read_header(path)
     config = _config_from(path, metadata)
+    _check_tensors(path, shapes, expected_shapes(config))
     meta = {key: value for key, value in metadata.items() if key not in RESERVED_KEYS}
     return {"config": config.to_dict(), "meta": meta, "parameters": sum(math.prod(s) for s in shapes.values())}
 
@@ -69,8 +77,8 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> SlimDiffSR
     """The student stored in `path`, in eval mode, with `.config` and `.meta` (the provenance)."""
     metadata, shapes = _read_header(path)
     config = _config_from(path, metadata)
+    _check_tensors(path, shapes, expected_shapes(config))
     model = build(config)
-    _check_tensors(path, shapes, {name: tuple(t.shape) for name, t in model.state_dict().items()})
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -80,6 +88,17 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu") -> SlimDiffSR
     return model.to(device).eval()
 
 
+def meta_model(config: StudentConfig) -> SlimDiffSR:
+    """The student for `config` on the meta device: every shape, no memory and no initialisation."""
+    with torch.device("meta"):
+        return build(config)
+
+
+def expected_shapes(config: StudentConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the state dict `config` implies, computed without allocating it."""
+    return {name: tuple(tensor.shape) for name, tensor in meta_model(config).state_dict().items()}
+
+
 def _read_header(path: PathLike) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """(metadata, tensor name -> shape) from the file's header; BadInput if it is not safetensors."""
     if not os.path.isfile(path):
@@ -87,12 +106,17 @@ def _read_header(path: PathLike) -> tuple[dict[str, str], dict[str, tuple[int, .
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            slices = {name: handle.get_slice(name) for name in handle.keys()}
+            shapes = {name: tuple(piece.get_shape()) for name, piece in slices.items()}
+            not_float = sorted(name for name, piece in slices.items() if piece.get_dtype() not in FLOAT_DTYPES)
     except (SafetensorError, OSError, ValueError) as exc:
         raise BadInput(
             f"{path}: not a readable safetensors weights file ({_one_line(exc)}); "
             "only .safetensors weights are accepted"
         ) from exc
+    if not_float:
+        raise BadInput(f"{path}: {len(not_float)} tensor(s) are not floating point (e.g. {not_float[0]}); "
+                       "a SlimDiffSR weights file holds float tensors only")
     return metadata, shapes
 
 
@@ -101,7 +125,7 @@ def _config_from(path: PathLike, metadata: dict[str, str]) -> StudentConfig:
         raise BadInput(f"{path}: safetensors file has no SlimDiffSR config in its metadata (not a SlimDiffSR weights file)")
     try:
         return StudentConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
-    except (json.JSONDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise BadInput(f"{path}: bad SlimDiffSR config in its metadata ({_one_line(exc)})") from exc
 
 
