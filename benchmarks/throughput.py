@@ -1,0 +1,106 @@
+"""How close a whole CLI run comes to the model's own speed: output megapixels/s of both, their ratio, peak RSS.
+
+    .venv/bin/python -m benchmarks.throughput [--size 2048] [--weights W] [--threads N] [--workdir D]
+
+One process. First the model alone: the loaded student on LR tiles of the engine's default size, as many
+as cover the output once with no overlap, no statistics pass, no I/O (the least the pipeline could cost).
+Then the whole CLI run (`slimdiffsr run IN OUT`, called in-process) on a SIZE² uint16 3-band input at x4,
+with everything it does: reading, normalisation, tiling with overlap, the GroupNorm statistics pass,
+blending, writing a compressed GeoTIFF. The last line reads `pipeline throughput: N % of model-only`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from osgeo import gdal, osr
+
+from backend.cli import main as cli_main
+from backend.models import load
+from backend.resources import default_weights_path
+from slimdiffsr_qgis.contract import RunRequest
+
+gdal.UseExceptions()
+SCALE = 4
+REPEATS = 3
+
+
+def make_input(path: Path, side: int) -> None:
+    """A textured uint16 3-band GeoTIFF (Sentinel-2-like values), written in strips to need little memory."""
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), side, side, 3, gdal.GDT_UInt16,
+                                                   options=["TILED=YES", "COMPRESS=DEFLATE"])
+    dataset.SetGeoTransform((500000, 10, 0, 5000000, 0, -10))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    dataset.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    for top in range(0, side, 512):
+        rows = min(512, side - top)
+        y, x = np.mgrid[top:top + rows, 0:side].astype(np.float32)
+        for band in range(3):
+            plane = 3000 + 1500 * np.sin(x / (17 + band * 5)) * np.cos(y / 23) + rng.normal(0, 300, (rows, side))
+            dataset.GetRasterBand(band + 1).WriteArray(np.clip(plane, 0, 10000).astype(np.uint16), 0, top)
+    dataset = None
+
+
+def model_only_seconds(weights: str, side: int, tile: int) -> float:
+    """Seconds the model alone needs for a side² input's output: the median tile time times the tiles."""
+    model = load(weights).eval()
+    lr = torch.rand(1, 3, tile, tile)
+    timings = []
+    with torch.inference_mode():
+        model(lr)
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            model(lr)
+            timings.append(time.perf_counter() - started)
+    tiles = (side / tile) ** 2
+    return statistics.median(timings) * tiles
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048, help="input side in pixels (output is 4x)")
+    parser.add_argument("--weights", default=str(default_weights_path(SCALE)))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--workdir", default=None, help="where to write the input and output (default: a temp dir)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tile = RunRequest(input="-", output="-.tif").tile
+    output_megapixels = (args.size * SCALE) ** 2 / 1e6
+    with tempfile.TemporaryDirectory(prefix="slimdiffsr-throughput-") as temp:
+        work = Path(args.workdir or temp)
+        work.mkdir(parents=True, exist_ok=True)
+        source = work / f"input_{args.size}.tif"
+        if not source.exists():
+            make_input(source, args.size)
+        model_seconds = model_only_seconds(args.weights, args.size, tile)
+        print(f"model only: {model_seconds:.1f} s for {output_megapixels:.1f} output MP "
+              f"({output_megapixels / model_seconds:.3f} MP/s; {args.threads} thread(s))", flush=True)
+        started = time.perf_counter()
+        code = cli_main(["run", str(source), str(work / "output.tif"), "--weights", args.weights, "--overwrite"])
+        pipeline_seconds = time.perf_counter() - started
+        if code != 0:
+            print(f"the CLI run failed with exit code {code}")
+            return code
+    print(f"whole CLI run: {pipeline_seconds:.1f} s ({output_megapixels / pipeline_seconds:.3f} MP/s)")
+    print(f"peak RSS: {peak_rss_mb():.0f} MiB")
+    print(f"pipeline throughput: {100 * model_seconds / pipeline_seconds:.0f} % of model-only")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
