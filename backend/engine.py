@@ -15,22 +15,24 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from slimdiffsr_qgis.contract import BadInput, Cancelled, RunRequest, human_size
+
 from . import __version__
-from slimdiffsr_qgis.contract import BadInput, Cancelled
+from .bands import plan_passes
 from .models.bicubic import BicubicUpscaler
 from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
 from .models.weights import file_sha256
 from .normalisation import Normalisation, default_spec, parse_spec, resolve
-from .raster import OutputRaster, SourceRaster, Window, check_output_path, set_block_cache
-from slimdiffsr_qgis.contract import RunRequest
+from .raster import (OutputRaster, SourceRaster, Window, check_output_path, remove_stale_partials,
+                     set_block_cache)
 from .resources import default_weights_path
 from .tiling import StreamingBlender, Tile, blend_in_memory, tile_grid
 
@@ -39,6 +41,9 @@ log = logging.getLogger("slimdiffsr")
 # Tiles sampled for window-wide GroupNorm statistics: enough to stand for the window
 # (measured with benchmarks/seam.py), few enough to add little to a long run.
 STATISTICS_TILES = 8
+
+# The one pass of a 3-channel array: its channels through the model together.
+RGB_PASS = ((0, 1, 2),)
 
 Progress = Callable[[int, int], None]
 ShouldCancel = Callable[[], bool]
@@ -69,6 +74,8 @@ class RunPlan:
     output_bytes: int
     free_bytes: int
     tiles: int
+    passes: int  # band passes through the model: the colour triplet, then every other band alone
+    steps: int  # model passes over tiles, statistics samples included: the progress total
     window: Window
 
 
@@ -84,6 +91,8 @@ class RunResult:
     device: str
     model: str
     tiles: int
+    passes: int
+    steps: int
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -129,36 +138,73 @@ def _autocast(device: torch.device):
 
 
 def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
-                batch: int, should_cancel: Optional[ShouldCancel] = None,
-                progress: Optional[Progress] = None) -> Iterator[tuple[Tile, np.ndarray]]:
-    """Run `model` over tiles in batches, yielding each tile's HR output [3, h*s, w*s] as float32.
+                batch: int, should_cancel: Optional[ShouldCancel] = None, progress: Optional[Progress] = None,
+                passes: Sequence[tuple[int, ...]] = RGB_PASS) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Run `model` over tiles in batches, yielding each tile's HR output [C, h*s, w*s] as float32.
 
+    read(tile) gives the tile's model input [C, h, w] in [0, 1]. Each pass feeds the
+    model the channels it names: three together (a colour triplet), or one replicated
+    to the model's three channels, whose output is the mean of the three output
+    channels. All passes of a batch run before it is yielded, so every output tile
+    is whole and is blended and written once.
     A model with GroupNorm normalises every tile with statistics of the whole window
     (`window_statistics`), not of the tile itself: per-tile statistics were nearly all of
     the difference between a tiled run and a single pass (backend/models/norm_statistics.py).
-    progress(done, total) counts tile passes, the statistics pass's included, so a bar moves
-    from the start; an output tile counts once the caller has taken it and asked for the next.
-    Cancellation is checked before every batch, so a cancel lands within one batch.
+    Each pass has its own statistics, since each feeds the model different content.
+    progress(done, total) counts tile passes, the statistics passes included, so a bar moves
+    from the start; a batch's last pass counts once the caller has taken its tiles.
+    Cancellation is checked before every pass of every batch.
     """
     sample = statistics_sample(model, tiles)
-    total = len(sample) + len(tiles)
-    report = (lambda done: progress(done, total)) if progress is not None else None
-    statistics = window_statistics(model, sample, read, device, batch, should_cancel, report)
-    done = len(sample)
-    for chunk, hr in _batches(model, tiles, read, device, batch, should_cancel, statistics):
-        for tile, output in zip(chunk, hr.float().cpu().numpy()):
+    total = (len(sample) + len(tiles)) * len(passes)
+    done = 0
+
+    def reach(value: int) -> None:
+        nonlocal done
+        done = value
+        if progress is not None:
+            progress(done, total)
+
+    statistics = []
+    for channels in passes:
+        before = done
+        statistics.append(window_statistics(model, sample, lambda t, c=channels: model_input(read(t), c), device,
+                                            batch, should_cancel, lambda n, b=before: reach(b + n)))
+    for start in range(0, len(tiles), batch):
+        chunk = tiles[start:start + batch]
+        lr = np.stack([read(tile) for tile in chunk])
+        hr: Optional[np.ndarray] = None
+        for index, (channels, shared) in enumerate(zip(passes, statistics)):
+            _check_cancel(should_cancel)
+            output = _forward(model, model_input(lr, channels), device, shared).float().cpu().numpy()
+            if hr is None:
+                hr = np.empty((len(chunk), lr.shape[1]) + output.shape[2:], dtype=np.float32)
+            hr[:, list(channels)] = output if len(channels) == 3 else output.mean(axis=1, keepdims=True)
+            if index < len(passes) - 1:
+                reach(done + len(chunk))
+        for tile, output in zip(chunk, hr):
             yield tile, output
-            done += 1
-            if report is not None:
-                report(done)
+            reach(done + 1)
+
+
+def model_input(lr: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
+    """The model's 3 input channels [..., 3, h, w] for a pass over `channels` of lr [..., C, h, w]:
+    a triplet as it is, a single band replicated."""
+    picked = np.take(lr, channels, axis=-3)
+    return picked if len(channels) == 3 else np.repeat(picked, 3, axis=-3)
+
+
+def statistics_tile_count(tiles: int, group_norm: bool) -> int:
+    """How many tiles a pass samples for window-wide GroupNorm statistics: up to STATISTICS_TILES, none
+    where there is nothing to share (one tile, or a model without GroupNorm)."""
+    return min(tiles, STATISTICS_TILES) if tiles >= 2 and group_norm else 0
 
 
 def statistics_sample(model: nn.Module, tiles: list[Tile]) -> list[Tile]:
-    """The tiles whose GroupNorm statistics stand for the window's: up to STATISTICS_TILES spread evenly over
-    it, none where there is nothing to share (one tile, or a model without GroupNorm)."""
-    if len(tiles) < 2 or not has_group_norm(model):
+    """The tiles whose GroupNorm statistics stand for the window's, spread evenly over it."""
+    count = statistics_tile_count(len(tiles), has_group_norm(model))
+    if not count:
         return []
-    count = min(len(tiles), STATISTICS_TILES)
     return [tiles[round(i * (len(tiles) - 1) / max(count - 1, 1))] for i in range(count)]
 
 
@@ -166,32 +212,34 @@ def window_statistics(model: nn.Module, sample: list[Tile], read: Callable[[Tile
                       device: torch.device, batch: int, should_cancel: Optional[ShouldCancel] = None,
                       on_tiles_done: Optional[Callable[[int], None]] = None) -> Optional[Statistics]:
     """GroupNorm statistics pooled over the `statistics_sample` tiles, or None for an empty sample.
-    Costs one model pass per sampled tile; on_tiles_done(n) follows each batch."""
+    read(tile) gives the model's 3-channel input. Costs one model pass per sampled tile;
+    on_tiles_done(n) follows each batch."""
     if not sample:
         return None
-    done = 0
     with record_group_norm_statistics(model) as statistics:
-        for chunk, _ in _batches(model, sample, read, device, batch, should_cancel, None):
-            done += len(chunk)
+        for start in range(0, len(sample), batch):
+            _check_cancel(should_cancel)
+            chunk = sample[start:start + batch]
+            _forward(model, np.stack([read(tile) for tile in chunk]), device, None)
             if on_tiles_done is not None:
-                on_tiles_done(done)
+                on_tiles_done(start + len(chunk))
     return dict(statistics)
 
 
-def _batches(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
-             batch: int, should_cancel: Optional[ShouldCancel],
-             statistics: Optional[Statistics]) -> Iterator[tuple[list[Tile], torch.Tensor]]:
-    for start in range(0, len(tiles), batch):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled("cancelled")
-        chunk = tiles[start:start + batch]
-        lr = torch.from_numpy(np.stack([read(tile) for tile in chunk])).to(device)
-        if device.type == "cuda":
-            lr = lr.contiguous(memory_format=torch.channels_last)
-        shared = fixed_group_norm_statistics(model, statistics) if statistics else contextlib.nullcontext()
-        with torch.inference_mode(), _autocast(device), shared:
-            hr = model(lr)
-        yield chunk, hr
+def _check_cancel(should_cancel: Optional[ShouldCancel]) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("cancelled")
+
+
+def _forward(model: nn.Module, lr: np.ndarray, device: torch.device,
+             statistics: Optional[Statistics]) -> torch.Tensor:
+    """One model call on a batch [B, 3, h, w], normalising GroupNorms with `statistics` when given."""
+    tensor = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)).to(device)
+    if device.type == "cuda":
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    shared = fixed_group_norm_statistics(model, statistics) if statistics else contextlib.nullcontext()
+    with torch.inference_mode(), _autocast(device), shared:
+        return model(tensor)
 
 
 def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,
@@ -260,22 +308,33 @@ class Engine:
         return LoadedModel(module, Path(weights).name, weights, file_sha256(weights), meta.get("normalisation"))
 
     def plan(self, request: RunRequest, source: Optional[SourceRaster] = None) -> RunPlan:
-        """Validate a request against its input and output and say what it will produce."""
-        source = source or SourceRaster(request.input, request.bands)
+        """Validate a request against its input and output and say what it will produce.
+
+        Everything that can be refused before compute is refused here: the input, its
+        bands, the extent, the output path (a folder, an existing file, an unwritable or
+        missing folder) and the disk space. `steps` assumes the student (GroupNorm
+        statistics passes) unless the request names the bicubic baseline.
+        """
+        if source is None:
+            with SourceRaster(request.input, request.bands) as opened:
+                return self.plan(request, opened)
         check_output_path(request.output, request.input, request.overwrite)
         if request.normalisation:
             parse_spec(request.normalisation)
+        passes = plan_passes(source.band_numbers, source.colours, request.rgb)
         window = source.window_for_extent(request.extent, request.extent_crs)
         dtype = np.dtype(np.float32 if request.output_dtype == "float32" else source.dtype)
         width, height = window.width * request.scale, window.height * request.scale
-        output_bytes = width * height * source.output_bands * dtype.itemsize
+        bands = len(source.band_numbers)
+        output_bytes = width * height * (bands * dtype.itemsize + (1 if source.needs_mask(dtype) else 0))
         folder = Path(request.output).resolve().parent
         free = shutil.disk_usage(folder).free
         if output_bytes > free:
             raise BadInput(f"the output ({width} x {height} px) needs up to {human_size(output_bytes)} but only "
                            f"{human_size(free)} is free in {folder}; free some space or choose another folder")
         tiles = len(tile_grid(window.width, window.height, request.tile, request.overlap))
-        return RunPlan(width, height, source.output_bands, dtype.name, output_bytes, free, tiles, window)
+        steps = tile_passes(tiles, len(passes), request.model != "bicubic")
+        return RunPlan(width, height, bands, dtype.name, output_bytes, free, tiles, len(passes), steps, window)
 
     def run(self, request: RunRequest, progress: Optional[Progress] = None,
             should_cancel: Optional[ShouldCancel] = None, model: Optional[nn.Module] = None) -> RunResult:
@@ -286,50 +345,61 @@ class Engine:
         `should_cancel` turns true; either way no output file is left.
         """
         started = time.perf_counter()
-        source = SourceRaster(request.input, request.bands)
-        plan = self.plan(request, source)
-        device = self.device(request.device)
-        if model is None:
-            loaded = self.load_model(request)
-        else:
-            loaded = LoadedModel(model.to(device).eval(), type(model).__name__, None, None,
-                                 (getattr(model, "meta", None) or {}).get("normalisation"))
-        if loaded.module.scale != request.scale:
-            raise BadInput(f"model {loaded.name} is x{loaded.module.scale}, not x{request.scale}")
-        normalisation = self._normalisation(request, loaded, source, plan.window)
-        log.info("input %s window %s -> output %s (%d x %d, %d band(s), %s), %d tile(s), normalisation %s",
-                 request.input, plan.window, request.output, plan.width, plan.height, plan.bands, plan.dtype,
-                 plan.tiles, normalisation.describe())
-        self._write(request, source, plan, loaded, normalisation, device, progress, should_cancel)
+        with SourceRaster(request.input, request.bands) as source:
+            plan = self.plan(request, source)
+            device = self.device(request.device)
+            if model is None:
+                loaded = self.load_model(request)
+            else:
+                loaded = LoadedModel(model.to(device).eval(), type(model).__name__, None, None,
+                                     (getattr(model, "meta", None) or {}).get("normalisation"))
+            if loaded.module.scale != request.scale:
+                raise BadInput(f"model {loaded.name} is x{loaded.module.scale}, not x{request.scale}")
+            plan = replace(plan, steps=tile_passes(plan.tiles, plan.passes, has_group_norm(loaded.module)))
+            for path in remove_stale_partials(request.output):
+                log.info("removed %s, a partial output left by a process that no longer runs", path)
+            passes = plan_passes(source.band_numbers, source.colours, request.rgb)
+            normalisation, fill = self._normalisation(request, loaded, source, plan.window)
+            log.info("input %s window %s -> output %s (%d x %d, %d band(s) in %d pass(es) %s, %s), %d tile(s), "
+                     "normalisation %s", request.input, plan.window, request.output, plan.width, plan.height,
+                     plan.bands, plan.passes, describe_passes(passes), plan.dtype, plan.tiles,
+                     normalisation.describe())
+            self._write(request, source, plan, passes, loaded, normalisation, fill, device, progress, should_cancel)
         seconds = time.perf_counter() - started
         log.debug("wrote %s in %.1f s", request.output, seconds)
         return RunResult(request.output, seconds, plan.width, plan.height, plan.bands, str(device), loaded.name,
-                         plan.tiles)
+                         plan.tiles, plan.passes, plan.steps)
 
     def _normalisation(self, request: RunRequest, loaded: LoadedModel, source: SourceRaster,
-                       window: Window) -> Normalisation:
+                       window: Window) -> tuple[Normalisation, np.ndarray]:
+        """The run's normalisation, one per band, and the normalised value each band's invalid pixels get for
+        inference (the window's median), both from one decimated read of the window."""
         spec = request.normalisation or loaded.normalisation or default_spec(source.dtype)
-        if parse_spec(spec)[0] == "fixed":
-            return resolve(spec)
+        channels = len(source.band_numbers)
+        if parse_spec(spec)[0] == "fixed" and not source.may_be_invalid:
+            return resolve(spec), np.full(channels, 0.5, np.float32)
         sample, valid = source.read_sample(window)
-        return resolve(spec, sample, valid)
+        normalisation = resolve(spec, sample, valid)
+        normalised = normalisation.apply(sample)
+        fill = [np.median(band[mask]) if mask.any() else 0.5 for band, mask in zip(normalised, valid)]
+        return normalisation, np.array(fill, dtype=np.float32)
 
-    def _write(self, request: RunRequest, source: SourceRaster, plan: RunPlan, loaded: LoadedModel,
-               normalisation: Normalisation, device: torch.device, progress: Optional[Progress],
-               should_cancel: Optional[ShouldCancel]) -> None:
+    def _write(self, request: RunRequest, source: SourceRaster, plan: RunPlan, passes: list[tuple[int, ...]],
+               loaded: LoadedModel, normalisation: Normalisation, fill: np.ndarray, device: torch.device,
+               progress: Optional[Progress], should_cancel: Optional[ShouldCancel]) -> None:
         window, scale = plan.window, request.scale
         out_dtype = np.dtype(plan.dtype)
-        fill = _fill_values(source, window, normalisation)
-        blender = StreamingBlender(window.width, window.height, request.tile, request.overlap, scale, 3,
+        out_bands = source.output_bands(out_dtype)
+        nodata = [band.nodata for band in out_bands]
+        blender = StreamingBlender(window.width, window.height, request.tile, request.overlap, scale, plan.bands,
                                    exact=out_dtype.kind == "f")
+        channel_passes = [tuple(source.band_numbers.index(band) for band in bands) for bands in passes]
         batch = 4 if device.type == "cuda" else 1
 
         def read(tile: Tile) -> np.ndarray:
             values, valid = source.read(Window(window.x + tile.x, window.y + tile.y, tile.width, tile.height))
             normalised = normalisation.apply(values)
-            if not valid.all():
-                normalised[:, ~valid] = fill[:, None]
-            return normalised
+            return normalised if valid.all() else np.where(valid, normalised, fill[:, None, None])
 
         metadata = {
             "SLIMDIFFSR_VERSION": __version__, "SLIMDIFFSR_MODEL": loaded.name,
@@ -339,28 +409,37 @@ class Engine:
             "SLIMDIFFSR_SOURCE": os.path.basename(request.input),
             "SLIMDIFFSR_SOURCE_WINDOW": f"{window.x},{window.y},{window.width},{window.height}",
             "SLIMDIFFSR_BANDS": ",".join(map(str, source.band_numbers)),
+            "SLIMDIFFSR_PASSES": describe_passes(passes),
             "SLIMDIFFSR_NOTE": SYNTHESIS_NOTE,
         }
-        with OutputRaster(request.output, plan.width, plan.height, plan.bands, out_dtype,
-                          source.output_geotransform(window, scale), source.wkt, source.nodata,
-                          source.has_mask, metadata) as output:
-            tiles = infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel, progress)
+        with OutputRaster(request.output, plan.width, plan.height, out_dtype, source.output_geotransform(window, scale),
+                          source.wkt, out_bands, source.needs_mask(out_dtype), metadata) as output:
+            tiles = infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel, progress,
+                                channel_passes)
             for tile, hr in tiles:
                 for block in blender.add(tile, hr):
+                    _, h, w = block.values.shape
                     valid = None
-                    if source.has_mask or source.dtype == np.float32:
-                        _, h, w = block.values.shape
+                    if source.may_be_invalid:
                         lr_valid = source.read_valid(Window(window.x + block.x // scale, window.y + block.y // scale,
                                                             w // scale, h // scale))
-                        valid = lr_valid.repeat(scale, axis=0).repeat(scale, axis=1)
-                    values = block.values.mean(axis=0, keepdims=True) if plan.bands == 1 else block.values
-                    restored = normalisation.invert(values, out_dtype)
-                    if valid is not None and source.nodata is not None:
-                        restored = _avoid_nodata(restored, valid, source.nodata)
+                        valid = lr_valid.repeat(scale, axis=1).repeat(scale, axis=2)
+                    restored = _avoid_nodata(normalisation.invert(block.values, out_dtype), valid, nodata)
                     output.write(block.x, block.y, restored, valid)
                 if tile.column == blender.columns - 1:
                     release_free_memory()
-            output.commit()
+            output.commit(request.overwrite)
+
+
+def tile_passes(tiles: int, passes: int, group_norm: bool) -> int:
+    """The model passes over tiles a run makes (its progress total): every tile once per band pass, plus
+    each pass's statistics sample for a model with GroupNorm."""
+    return (tiles + statistics_tile_count(tiles, group_norm)) * passes
+
+
+def describe_passes(passes: Sequence[tuple[int, ...]]) -> str:
+    """Band passes for logs and metadata: "3,2,1;4" = bands 3,2,1 together, then band 4 alone."""
+    return ";".join(",".join(map(str, bands)) for bands in passes)
 
 
 def release_free_memory() -> None:
@@ -386,33 +465,24 @@ def _load_libc() -> Optional[ctypes.CDLL]:
 _LIBC = _load_libc()
 
 
-def _fill_values(source: SourceRaster, window: Window, normalisation: Normalisation) -> np.ndarray:
-    """Per-channel value given to nodata pixels before inference: the window's normalised median."""
-    if not source.has_mask and source.dtype != np.float32:
-        return np.full(3, 0.5, np.float32)
-    sample, valid = source.read_sample(window)
-    normalised = normalisation.apply(sample)
-    if not valid.any():
-        return np.full(3, 0.5, np.float32)
-    return np.array([np.median(channel[valid]) for channel in normalised], dtype=np.float32)
+def _avoid_nodata(values: np.ndarray, valid: Optional[np.ndarray], nodata: Sequence[Optional[float]]) -> np.ndarray:
+    """Nudge valid pixels that came out equal to their band's nodata value, so they are not lost as nodata."""
+    nudged = values
+    for index, value in enumerate(nodata):
+        if value is None or np.isnan(value):
+            continue
+        clash = values[index] == value
+        if valid is not None:
+            clash &= valid[index]
+        if clash.any():
+            if nudged is values:
+                nudged = values.copy()
+            nudged[index][clash] = _next_to(value, values.dtype)
+    return nudged
 
 
-def _avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float) -> np.ndarray:
-    """Nudge valid pixels that came out equal to the nodata value, so they are not lost as nodata."""
-    if values.dtype.kind not in "iu" or np.isnan(nodata):
-        return values
-    clash = (values == nodata) & valid[None]
-    if clash.any():
-        info = np.iinfo(values.dtype)
-        values = values.copy()
-        values[clash] = nodata + 1 if nodata < info.max else nodata - 1
-    return values
-
-
-def human_size(size: float) -> str:
-    """Bytes as a short human string (1.5 GiB)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+def _next_to(value: float, dtype: np.dtype) -> float:
+    """The value of `dtype` next to `value`, towards the middle of the type's range."""
+    if dtype.kind == "f":
+        return float(np.nextafter(dtype.type(value), dtype.type(0 if value > 0 else 1)))
+    return value + 1 if value < np.iinfo(dtype).max else value - 1

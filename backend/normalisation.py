@@ -93,7 +93,8 @@ def resolve(spec: str, sample: Optional[np.ndarray] = None, valid: Optional[np.n
     """Turn a spec into per-channel values.
 
     sample: [C, H, W] values of the (decimated) requested window; needed for
-        "percentile" specs. valid: [H, W] bool mask of pixels that are not nodata.
+        "percentile" specs. valid: bool mask of the pixels that are data, [H, W] for
+        all channels or [C, H, W] per channel (each band its own nodata and mask).
     """
     kind, (a, b) = parse_spec(spec)
     if kind == "fixed":
@@ -101,8 +102,11 @@ def resolve(spec: str, sample: Optional[np.ndarray] = None, valid: Optional[np.n
     if sample is None:
         raise ValueError("a percentile normalisation needs a sample of the window")
     lows, highs = [], []
-    for channel in sample:
-        values = channel[valid] if valid is not None else channel.ravel()
+    for index, channel in enumerate(sample):
+        if valid is None:
+            values = channel.ravel()
+        else:
+            values = channel[valid[index] if valid.ndim == 3 else valid]
         if values.size == 0:
             lows.append(0.0)
             highs.append(1.0)
