@@ -20,24 +20,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .interpreter import LaunchSpec
+from .contract import (KIND_CANCELLED, KIND_INTERNAL, KIND_MISSING_DEPENDENCY, KIND_OUT_OF_MEMORY,
+                       KIND_PROTOCOL, PROTOCOL_VERSION, TERMINAL_EVENTS, RunRequest, partial_glob, partial_owner)
+from .interpreter import InterpreterNotFound, LaunchSpec
 
-# The protocol version of backend/server.py this client speaks (the plugin never imports the backend).
-PROTOCOL_VERSION = 1
-TERMINAL_EVENTS = ("result", "error", "plan", "pong", "info", "bye")
-# How the backend names a run's output while writing it (backend/raster.py, OutputRaster):
-# a backend killed mid-run cannot remove it, so the client does.
-PARTIAL_GLOB = ".{stem}.partial-*{suffix}"
 STDERR_LINES_KEPT = 200
 POLL_SECONDS = 0.05
 
 
 class BackendError(Exception):
-    """A request failed or the backend could not run; `kind` says which, the message says what to do."""
+    """A request failed or the backend could not run; `kind` (one of the contract's ERROR_KINDS) says which,
+    the message says what to do."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the caller asked to stop: not a failure to report as one."""
+        return self.kind == KIND_CANCELLED
 
 
 class BackendClient:
@@ -91,22 +93,22 @@ class BackendClient:
             self._start_process()
         return self._process, self._threads[0]
 
-    def run(self, request: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None,
+    def run(self, request: RunRequest, progress: Optional[Callable[[int, int], None]] = None,
             is_cancelled: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
         """Run one super-resolution request; returns the `result` event.
 
-        progress(done, total) is called per tile; when is_cancelled() turns true
+        progress(done, total) is called per tile pass; when is_cancelled() turns true
         the backend is told to stop, and BackendError(kind="cancelled") follows.
         """
-        return self._request("run", request, progress=progress, is_cancelled=is_cancelled)
+        return self._request("run", request.to_dict(), progress=progress, is_cancelled=is_cancelled)
 
-    def plan(self, request: dict[str, Any]) -> dict[str, Any]:
+    def plan(self, request: RunRequest) -> dict[str, Any]:
         """Validate a request and get its output size, tiles, disk need and time estimate.
 
         Plans queue behind runs in the backend, so there is no time limit here;
-        a backend that dies still ends the wait with a `crashed` error.
+        a backend that dies still ends the wait with an error.
         """
-        return self._request("plan", request)
+        return self._request("plan", request.to_dict())
 
     def ping(self, timeout: float = 10.0) -> dict[str, Any]:
         """Round-trip to the backend (answered even during a run)."""
@@ -143,23 +145,22 @@ class BackendClient:
                 except queue.Empty:
                     if not reader.is_alive() and events.empty():
                         # The process ended before this request was registered to hear about it.
-                        raise BackendError("crashed", self._exit_message(process)) from None
+                        raise self._died(process) from None
                     if deadline is not None and time.monotonic() > deadline:
-                        raise BackendError("timeout", f"the backend did not answer '{op}' within {timeout:g} s")
+                        raise BackendError(KIND_INTERNAL, f"the backend did not answer '{op}' within {timeout:g} s")
                     continue
                 kind = event.get("event")
                 if kind == "progress":
                     if progress is not None:
                         progress(int(event["done"]), int(event["total"]))
                 elif kind == "error":
-                    raise BackendError(event.get("kind", "internal"), event.get("message", "unknown error"))
+                    raise BackendError(event.get("kind", KIND_INTERNAL), event.get("message", "unknown error"))
                 elif kind in TERMINAL_EVENTS:
                     return event
-        except BackendError as error:
-            if op == "run" and error.kind == "crashed":
-                remove_partial_outputs(fields["output"])
-            raise
         finally:
+            if op == "run" and process.poll() is not None:
+                # A dead backend cannot remove what it was writing; the client does.
+                remove_partial_outputs(fields["output"], process.pid)
             with self._waiters_lock:
                 self._waiters.pop(request_id, None)
 
@@ -170,10 +171,19 @@ class BackendClient:
                 process.stdin.write(line)
                 process.stdin.flush()
         except (OSError, ValueError):
-            raise BackendError("crashed", self._exit_message(process)) from None
+            raise self._died(process) from None
+
+    def _died(self, process: subprocess.Popen) -> BackendError:
+        """The error for a backend that ended under a request: killed by the system (memory) or crashed."""
+        code = process.poll()
+        kind = KIND_OUT_OF_MEMORY if code == -signal.SIGKILL else KIND_INTERNAL
+        return BackendError(kind, self._exit_message(process))
 
     def _start_process(self) -> None:
-        spec = self._launch()
+        try:
+            spec = self._launch()
+        except InterpreterNotFound as error:
+            raise BackendError(KIND_MISSING_DEPENDENCY, str(error)) from None
         self._stderr.clear()
         self._hello = None
         try:
@@ -181,7 +191,7 @@ class BackendClient:
                                        stderr=subprocess.PIPE, cwd=spec.cwd, env=spec.env or None,
                                        creationflags=spec.creationflags)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as error:
-            raise BackendError("not_found", (
+            raise BackendError(KIND_MISSING_DEPENDENCY, (
                 f"the backend interpreter {spec.argv[0]!r} cannot be started ({error.strerror or error}). "
                 "Choose an existing Python in the SlimDiffSR settings, or use 'Set up backend' in the panel."
             )) from None
@@ -200,7 +210,7 @@ class BackendClient:
             hello = greeting.get(timeout=self._hello_timeout)
         except queue.Empty:
             self._stop_process(timeout=1.0)
-            raise BackendError("timeout", f"the backend did not start within {self._hello_timeout:g} s; "
+            raise BackendError(KIND_INTERNAL, f"the backend did not start within {self._hello_timeout:g} s; "
                                           f"its last messages:\n{self.stderr_tail()}") from None
         if hello.get("event") != "hello":
             self._stop_process(timeout=2.0)
@@ -208,25 +218,23 @@ class BackendClient:
         problem = protocol_problem(hello, spec.argv[0])
         if problem:
             self._stop_process(timeout=2.0)
-            raise BackendError("incompatible", problem)
+            raise BackendError(KIND_PROTOCOL, problem)
         self._hello = hello
 
     def _startup_failure(self, event: dict[str, Any], python: str) -> tuple[str, str]:
         """Turn a backend that died or complained before `hello` into an actionable message."""
-        if event.get("kind") == "missing_dependency":
-            missing = str(event.get("missing", ""))
-            kind = "missing_torch" if missing.split(".")[0] == "torch" else "missing_dependency"
-            return kind, event.get("message", "")
+        if event.get("kind") == KIND_MISSING_DEPENDENCY:
+            return KIND_MISSING_DEPENDENCY, event.get("message", "")
         tail = self.stderr_tail()
         if "No module named 'backend'" in tail:
-            return "missing_backend", (
+            return KIND_MISSING_DEPENDENCY, (
                 f"the interpreter {python} does not have the SlimDiffSR backend installed. "
                 "Use 'Set up backend' in the SlimDiffSR panel, or choose another interpreter in its settings.")
         if "No module named 'osgeo'" in tail:
-            return "missing_dependency", (
+            return KIND_MISSING_DEPENDENCY, (
                 f"the interpreter {python} has no GDAL Python bindings (osgeo); the backend needs them. "
                 "Use 'Set up backend', which builds on QGIS's own Python and its GDAL.")
-        return event.get("kind", "crashed"), f"the backend failed to start: {event.get('message', '')}\n{tail}"
+        return event.get("kind", KIND_INTERNAL), f"the backend failed to start: {event.get('message', '')}\n{tail}"
 
     def _read_events(self, process: subprocess.Popen, greeting: "queue.Queue[dict[str, Any]]") -> None:
         greeted = False
@@ -249,7 +257,8 @@ class BackendClient:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        ended = {"event": "error", "kind": "crashed", "message": self._exit_message(process)}
+        died = self._died(process)
+        ended = {"event": "error", "kind": died.kind, "message": str(died)}
         if not greeted:
             greeting.put(ended)
         with self._waiters_lock:
@@ -293,11 +302,17 @@ class BackendClient:
         self._hello = None
 
 
-def remove_partial_outputs(output: str) -> list[str]:
-    """Delete the half-written files a dead backend left beside `output`; returns their paths."""
+def remove_partial_outputs(output: str, pid: int) -> list[str]:
+    """Delete the half-written files (sidecars included) that the dead backend `pid` left beside `output`.
+
+    Only that process's files: another backend may be writing the same target right now.
+    Returns the removed paths.
+    """
     target = Path(output)
     removed = []
-    for partial in target.parent.glob(PARTIAL_GLOB.format(stem=target.stem, suffix=target.suffix)):
+    for partial in target.parent.glob(partial_glob(output)):
+        if partial_owner(partial.name, output) != pid:
+            continue
         try:
             partial.unlink()
             removed.append(str(partial))
@@ -331,8 +346,17 @@ def describe_exit(code: int, stderr_tail: str) -> str:
 
 
 def cuda_notice(hello: Optional[dict[str, Any]], device: str) -> str:
-    """A sentence when device "auto" ran on the CPU because the backend has no usable CUDA; empty otherwise."""
-    environment = (hello or {}).get("environment", {})
-    if device == "auto" and environment and not environment.get("cuda", False):
-        return f"No usable GPU ({environment.get('cuda_detail', 'CUDA unavailable')}), so the CPU was used."
+    """A sentence when the GPU the user wanted or has could not be used; empty otherwise.
+
+    Silent for device "cpu", and for "auto" on a machine without a GPU: the CPU is
+    then simply the device, not a fallback worth a warning after every run.
+    """
+    environment = (hello or {}).get("environment") or {}
+    if device == "cpu" or not environment or environment.get("cuda", False):
+        return ""
+    detail = environment.get("cuda_detail", "CUDA unavailable")
+    if device == "cuda":
+        return f"The GPU cannot be used ({detail})."
+    if environment.get("cuda_present", False):
+        return f"A GPU is present but cannot be used ({detail}), so the CPU was used."
     return ""

@@ -12,8 +12,10 @@ import pytest
 
 from plugin_fixtures import PLUGIN_DIR, backend_python, write_rgb, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
-from slimdiffsr_qgis.client import (PROTOCOL_VERSION, BackendClient, BackendError, cuda_notice, describe_exit,
-                                    protocol_problem)
+from slimdiffsr_qgis.client import (BackendClient, BackendError, cuda_notice, describe_exit, protocol_problem,
+                                    remove_partial_outputs)
+from slimdiffsr_qgis.contract import (KIND_BAD_INPUT, KIND_CANCELLED, KIND_MISSING_DEPENDENCY, KIND_OUT_OF_MEMORY,
+                                      PROTOCOL_VERSION, RunRequest, partial_path)
 from slimdiffsr_qgis.interpreter import backend_launch
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
@@ -36,9 +38,8 @@ def request_for(tmp_path: Path):
     raster = write_rgb(tmp_path / "in.tif", 48, 32)
     weights = write_tiny_weights(tmp_path / "tiny.safetensors")
 
-    def make(name: str, **extra) -> dict:
-        return {"input": raster, "output": str(tmp_path / name), "weights": weights, "tile": 16, "overlap": 2,
-                **extra}
+    def make(name: str, **extra) -> RunRequest:
+        return RunRequest(input=raster, output=str(tmp_path / name), weights=weights, tile=16, overlap=2, **extra)
 
     return make
 
@@ -63,7 +64,7 @@ def test_the_plugin_and_the_backend_speak_the_same_protocol_version(client):
     hello = client.start()
     assert hello["protocol"] == SERVER_PROTOCOL == PROTOCOL_VERSION and protocol_problem(hello, "py") == ""
     message = protocol_problem({**hello, "protocol": PROTOCOL_VERSION + 1}, "/venv/bin/python")
-    assert "/venv/bin/python speaks protocol 2" in message and "Set up backend" in message
+    assert f"/venv/bin/python speaks protocol {PROTOCOL_VERSION + 1}" in message and "Set up backend" in message
 
 
 def test_many_requests_reuse_one_backend_process(client, request_for):
@@ -87,8 +88,8 @@ def test_requests_from_several_threads_are_all_answered(client, request_for):
 
 def test_a_bad_band_index_is_a_bad_input_message(client, request_for):
     with pytest.raises(BackendError) as caught:
-        client.run(request_for("bad.tif", bands=[1, 2, 4]))
-    assert caught.value.kind == "bad_input" and "band 4" in str(caught.value)
+        client.run(request_for("bad.tif", bands=(1, 2, 4)))
+    assert caught.value.kind == KIND_BAD_INPUT and "band 4" in str(caught.value)
     assert client.run(request_for("good.tif"))["output"].endswith("good.tif"), "the backend still serves"
 
 
@@ -98,9 +99,9 @@ def test_cancel_from_the_caller_stops_the_run_and_leaves_no_output(client, tmp_p
     started = threading.Event()
     output = tmp_path / "out.tif"
     with pytest.raises(BackendError) as caught:
-        client.run({"input": raster, "output": str(output), "weights": weights, "tile": 16, "overlap": 2},
+        client.run(RunRequest(input=raster, output=str(output), weights=weights, tile=16, overlap=2),
                    progress=lambda done, total: started.set(), is_cancelled=started.is_set)
-    assert caught.value.kind == "cancelled" and not output.exists()
+    assert caught.value.kind == KIND_CANCELLED and caught.value.cancelled and not output.exists()
 
 
 def test_a_backend_killed_mid_run_is_reported_as_killed_and_restarted_next_time(client, tmp_path, request_for):
@@ -108,25 +109,35 @@ def test_a_backend_killed_mid_run_is_reported_as_killed_and_restarted_next_time(
     weights = write_tiny_weights(tmp_path / "tiny.safetensors")
     first_tile = threading.Event()
     thread, outcome = run_in_thread(lambda: client.run(
-        {"input": raster, "output": str(tmp_path / "k.tif"), "weights": weights, "tile": 16, "overlap": 2},
+        RunRequest(input=raster, output=str(tmp_path / "k.tif"), weights=weights, tile=16, overlap=2),
         progress=lambda done, total: first_tile.set()))
     assert first_tile.wait(BOUND), "the run never reported a tile"
     os.kill(client.pid, signal.SIGKILL)
     thread.join(BOUND)
     assert not thread.is_alive(), "the caller hung after the backend died"
     error = outcome["error"]
-    assert isinstance(error, BackendError) and error.kind == "crashed" and "SIGKILL" in str(error)
+    assert isinstance(error, BackendError) and error.kind == KIND_OUT_OF_MEMORY and "SIGKILL" in str(error)
     assert "memory" in str(error)
     assert list(tmp_path.glob(".k*")) == [] and not (tmp_path / "k.tif").exists(), "a partial file was left"
     assert client.run(request_for("after.tif"))["output"].endswith("after.tif")
     assert client.starts == 2
 
 
-def test_a_missing_interpreter_is_a_clear_not_found_error(tmp_path):
+def test_partial_files_of_a_dead_backend_are_removed_and_those_of_another_writer_kept(tmp_path):
+    target = str(tmp_path / "out.tif")
+    dead = [partial_path(target, 4242, "ab12"), partial_path(target, 4242, "ab12") + ".msk"]
+    live = partial_path(target, 5151, "cd34")
+    for path in (*dead, live):
+        Path(path).write_bytes(b"partial")
+    assert sorted(remove_partial_outputs(target, 4242)) == sorted(dead)
+    assert [p.name for p in tmp_path.iterdir()] == [Path(live).name]
+
+
+def test_a_missing_interpreter_is_a_clear_missing_dependency_error(tmp_path):
     client = client_for(str(tmp_path / "no" / "python"))
     with pytest.raises(BackendError) as caught:
         client.ping()
-    assert caught.value.kind == "not_found" and "cannot be started" in str(caught.value)
+    assert caught.value.kind == KIND_MISSING_DEPENDENCY and "cannot be started" in str(caught.value)
     assert "Set up backend" in str(caught.value)
 
 
@@ -142,7 +153,7 @@ def test_an_interpreter_without_torch_says_torch_is_missing():
     client = client_for(python_without_torch())
     with pytest.raises(BackendError) as caught:
         client.ping()
-    assert caught.value.kind == "missing_torch" and "torch" in str(caught.value)
+    assert caught.value.kind == KIND_MISSING_DEPENDENCY and "torch" in str(caught.value)
     assert "Set up backend" in str(caught.value)
 
 
@@ -152,7 +163,8 @@ def test_an_interpreter_without_the_backend_package_is_named_as_such(tmp_path):
                                                   str(tmp_path)), hello_timeout=BOUND)
     with pytest.raises(BackendError) as caught:
         client.ping()
-    assert caught.value.kind == "missing_backend" and "Set up backend" in str(caught.value)
+    assert caught.value.kind == KIND_MISSING_DEPENDENCY and "backend installed" in str(caught.value)
+    assert "Set up backend" in str(caught.value)
 
 
 def test_stop_ends_the_process_and_its_threads(request_for):
@@ -174,11 +186,16 @@ def test_exit_descriptions_tell_a_kill_from_a_crash_from_an_exit():
     assert "exit code 1" in describe_exit(1, "Traceback ...")
 
 
-def test_device_auto_without_usable_cuda_brings_a_cpu_notice(client):
+def test_the_gpu_notice_appears_only_for_a_gpu_that_was_wanted_or_exists_but_fails(client):
+    no_gpu = {"environment": {"cuda": False, "cuda_present": False, "cuda_detail": "torch reports no CUDA device"}}
+    broken = {"environment": {"cuda": False, "cuda_present": True,
+                              "cuda_detail": "CUDA is present but unusable: driver too old"}}
+    working = {"environment": {"cuda": True, "cuda_present": True, "cuda_detail": "NVIDIA H200"}}
+    assert cuda_notice(no_gpu, "auto") == "" and cuda_notice(no_gpu, "cpu") == ""
+    assert "no CUDA device" in cuda_notice(no_gpu, "cuda")
+    assert "driver too old" in cuda_notice(broken, "auto") and "the CPU was used" in cuda_notice(broken, "auto")
+    assert cuda_notice(broken, "cpu") == ""
+    assert [cuda_notice(working, device) for device in ("auto", "cpu", "cuda")] == ["", "", ""]
     hello = client.start()
-    if hello["environment"]["cuda"]:
-        assert cuda_notice(hello, "auto") == ""
-    else:
-        assert "the CPU was used" in cuda_notice(hello, "auto")
-        assert hello["environment"]["cuda_detail"] in cuda_notice(hello, "auto")
-    assert cuda_notice(hello, "cpu") == ""
+    if not hello["environment"]["cuda"] and not hello["environment"].get("cuda_present", False):
+        assert cuda_notice(hello, "auto") == "", "this machine has no GPU: nothing to warn about"
