@@ -2,60 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import subprocess
-import threading
+import sys
 from pathlib import Path
 
 import pytest
 
 from plugin_fixtures import REPO, backend_python, write_rgb, write_tiny_weights
-
-WAIT = 60.0
-
-
-class RawServer:
-    """A backend process and a line queue fed by a reader thread, so every read has a timeout."""
-
-    def __init__(self, python: str = "") -> None:
-        self.process = subprocess.Popen([python or backend_python(), "-m", "backend.server"], cwd=REPO,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.raw_stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.raw_stdout.append(line)
-            self.lines.put(line)
-
-    def send(self, message: dict) -> None:
-        self.process.stdin.write(json.dumps(message) + "\n")
-        self.process.stdin.flush()
-
-    def event(self) -> dict:
-        return json.loads(self.lines.get(timeout=WAIT))
-
-    def until(self, request_id, kinds=("result", "error")) -> list[dict]:
-        """Events of `request_id` up to and including the first one whose kind is in `kinds`."""
-        seen = []
-        while True:
-            event = self.event()
-            if event.get("id") == request_id:
-                seen.append(event)
-                if event["event"] in kinds:
-                    return seen
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=WAIT)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            stream.close()
-
+from server_helpers import WAIT, RawServer
+from backend.server import missing_dependency
+from slimdiffsr_qgis.contract import PROTOCOL_VERSION
 
 @pytest.fixture
 def server():
@@ -72,7 +28,7 @@ def inputs(tmp_path: Path) -> dict:
 
 def test_hello_names_protocol_package_and_library_versions(server):
     hello = server.event()
-    assert hello["event"] == "hello" and hello["protocol"] == 1
+    assert hello["event"] == "hello" and hello["protocol"] == PROTOCOL_VERSION
     environment = hello["environment"]
     assert environment["package"] == hello["version"]
     assert environment["torch"] and environment["gdal"] and "cuda" in environment
@@ -95,7 +51,7 @@ def test_run_streams_progress_then_result_and_serves_many_requests_with_one_mode
     assert Path(inputs["folder"] / "b.tif").is_file()
     server.send({"id": 4, "op": "shutdown"})
     assert server.process.wait(timeout=WAIT) == 0
-    log = server.process.stderr.read()
+    log = server.log()
     assert log.count("model: tiny.safetensors") == 1, f"the model was not loaded exactly once:\n{log}"
 
 
@@ -153,8 +109,7 @@ def test_bad_requests_are_error_events_and_the_server_keeps_serving(server, inpu
                  "weights": inputs["weights"], "bands": [1, 2, 9]})
     error = server.until(1)[-1]
     assert error["kind"] == "bad_input" and "band 9" in error["message"]
-    server.process.stdin.write("this is not json\n")
-    server.process.stdin.flush()
+    server.send_raw(b"this is not json\n")
     assert server.event()["kind"] == "protocol"
     server.send({"id": 2, "op": "dance"})
     assert "unknown op" in server.until(2)[-1]["message"]
@@ -163,6 +118,53 @@ def test_bad_requests_are_error_events_and_the_server_keeps_serving(server, inpu
     assert "x4, not x8" in server.until(3)[-1]["message"], "weights trained for x4 refuse x8 clearly"
     server.send({"id": 4, "op": "ping"})
     assert server.until(4, ("pong",))[-1]["event"] == "pong"
+
+
+def test_contract_errors_are_bad_input_and_bad_ids_are_protocol_errors_answered_with_a_null_id(server, inputs):
+    server.event()
+    request = {"op": "run", "input": inputs["raster"], "output": str(inputs["folder"] / "o.tif"),
+               "weights": inputs["weights"]}
+    server.send({"id": 1, **request, "normalisation": 5})
+    assert server.until(1)[-1]["kind"] == "bad_input"
+    server.send({"id": 2, **request, "extent_crs": 4326})
+    assert server.until(2)[-1]["kind"] == "bad_input"
+    for bad_id in ([1], {"a": 1}, 1.5, True, 2**60):
+        server.send({"id": bad_id, **request})
+        error = server.event()
+        assert error["event"] == "error" and error["kind"] == "protocol" and error["id"] is None
+        assert "request id must be a string or an integer" in error["message"]
+    for line in (b'{"id": NaN, "op": "ping"}\n', b'{"id": Infinity, "op": "ping"}\n', b"\xff\xfe{}\n"):
+        server.send_raw(line)
+        error = server.event()
+        assert error["event"] == "error" and error["kind"] == "protocol" and error["id"] is None
+    server.send({"id": "still-here", "op": "ping"})
+    assert server.event() == {"id": "still-here", "event": "pong"}
+    assert not (inputs["folder"] / "o.tif").exists()
+
+
+def test_a_stale_cancel_does_not_block_a_later_request_that_reuses_the_id(server, inputs):
+    server.event()
+    request = {"op": "run", "input": inputs["raster"], "weights": inputs["weights"], "tile": 16, "overlap": 2}
+    server.send({"id": 5, **request, "output": str(inputs["folder"] / "first.tif")})
+    assert server.until(5)[-1]["event"] == "result"
+    server.send({"op": "cancel", "id": 5})  # too late: request 5 has finished
+    server.send({"op": "cancel", "id": "never-sent"})
+    server.send({"id": 5, **request, "output": str(inputs["folder"] / "second.tif")})
+    assert server.until(5)[-1]["event"] == "result", "the stale cancel stopped a later request with the same id"
+    server.send({"id": "never-sent", **request, "output": str(inputs["folder"] / "third.tif")})
+    assert server.until("never-sent")[-1]["event"] == "result"
+    assert "neither running nor queued" in server.log()
+
+
+def test_closing_stdin_during_a_run_cancels_it_and_exits_within_two_seconds(server, tmp_path):
+    server.event()
+    raster = write_rgb(tmp_path / "big.tif", 128, 96)
+    weights = write_tiny_weights(tmp_path / "tiny.safetensors")
+    server.send({"id": 1, "op": "run", "input": raster, "output": str(tmp_path / "o.tif"), "weights": weights,
+                 "tile": 16, "overlap": 2})
+    assert server.until(1, ("progress", "result", "error"))[-1]["event"] == "progress"
+    assert server.seconds_to_exit_after_closing_stdin() < 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "tiny.safetensors"], "output or partial left"
 
 
 def test_shutdown_says_bye_and_exits_cleanly(server):
@@ -195,6 +197,21 @@ def test_an_interpreter_without_torch_reports_the_missing_dependency(tmp_path):
     try:
         event = backend.event()
         assert event["event"] == "error" and event["kind"] == "missing_dependency" and event["missing"] == "torch"
+        assert "PyTorch is not installed: pip install torch" in event["message"] and python in event["message"]
         assert backend.process.wait(timeout=WAIT) == 3
     finally:
         backend.close()
+
+
+def test_missing_gdal_bindings_are_named_as_such(monkeypatch):
+    monkeypatch.setitem(sys.modules, "osgeo.gdal", None)  # makes `import osgeo.gdal` fail as if absent
+    missing, message = missing_dependency()
+    assert missing == "osgeo"
+    assert "GDAL Python bindings (osgeo) is not installed" in message and "PyTorch" not in message
+    assert "QGIS's own Python" in message and "Set up backend" in message
+
+
+def test_a_missing_module_of_the_backend_itself_names_the_slimdiffsr_package():
+    error = ModuleNotFoundError("No module named 'backend.tiling'", name="backend.tiling")
+    missing, message = missing_dependency(error)
+    assert missing == "slimdiffsr" and "slimdiffsr package" in message and "reinstall" in message
