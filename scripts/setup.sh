@@ -19,4 +19,4 @@ fi
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv
 # torch is pinned to the CPU build; numpy stays < 2 because Debian's GDAL and QGIS are built against 1.24.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 'numpy<2'
-.venv/bin/pip install -q --disable-pip-version-check -e '.[train,test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[train,test,distributed]'
