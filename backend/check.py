@@ -1,0 +1,92 @@
+"""Score any super-resolved raster against its input: the consistency figures of `backend.consistency` from files.
+
+    slimdiffsr check OUTPUT.tif --input INPUT.tif
+
+Works for this tool's outputs and for any other tool's, as long as the output lies on a grid whose pixel
+size divides the input's by a whole number. The input window under the output's extent is read (snapped to
+the input grid); a large output is scored on its central CHECK_SIDE x CHECK_SIDE input pixels, which
+bounds the memory and time of a check while keeping every figure a mean over many thousand pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from osgeo import gdal
+
+from slimdiffsr_qgis.contract import BadInput
+
+from .consistency import ConsistencyFigures, consistency_figures
+from .raster import SourceRaster, Window, open_dataset
+
+# Largest side, in input pixels, of the part of an output that a check reads.
+CHECK_SIDE = 512
+BANDS_KEY = "SLIMDIFFSR_BANDS"
+
+
+def check_files(output: str, input_path: str, bands: Optional[tuple[int, ...]] = None) -> ConsistencyFigures:
+    """Consistency figures of `output` against `input_path`.
+
+    bands: the input bands the output's bands were made from, in order; by default this tool's record of
+    them in the output's metadata, else the first input bands, one per output band.
+    """
+    dataset = open_dataset(output)
+    try:
+        scale = _scale(dataset, input_path, output)
+        bands = bands or _recorded_bands(dataset) or tuple(range(1, dataset.RasterCount + 1))
+        if len(bands) != dataset.RasterCount:
+            raise BadInput(f"{output} has {dataset.RasterCount} band(s) but {len(bands)} input band(s) were named; "
+                           "give one input band per output band")
+        with SourceRaster(input_path, bands) as source:
+            window = _central(source.window_for_extent(_bounds(dataset)))
+            lr, valid = source.read(window)
+            origin = _output_offset(dataset, source, window, scale, output)
+            hr = dataset.ReadAsArray(origin[0], origin[1], window.width * scale, window.height * scale)
+    except RuntimeError as error:
+        raise BadInput(f"cannot read {output} or {input_path} ({str(error).strip()})") from None
+    finally:
+        dataset = None
+    hr = np.asarray(hr, dtype=np.float32).reshape(len(bands), window.height * scale, window.width * scale)
+    return consistency_figures(lr.astype(np.float32), hr, scale, valid.all(axis=0))
+
+
+def _scale(dataset: gdal.Dataset, input_path: str, output: str) -> int:
+    """Input pixel size over output pixel size, which must be a whole number of at least 2."""
+    reference = open_dataset(input_path)
+    ratio = reference.GetGeoTransform()[1] / dataset.GetGeoTransform()[1]
+    reference = None
+    scale = round(ratio)
+    if scale < 2 or abs(ratio - scale) > 1e-6 * ratio:
+        raise BadInput(f"the pixels of {output} are not a whole fraction (x2, x4, ...) of those of {input_path} "
+                       f"(ratio {ratio:.6g}); warp the output to a grid that divides the input's")
+    return scale
+
+
+def _recorded_bands(dataset: gdal.Dataset) -> Optional[tuple[int, ...]]:
+    recorded = dataset.GetMetadataItem(BANDS_KEY)
+    return tuple(int(b) for b in recorded.split(",")) if recorded else None
+
+
+def _bounds(dataset: gdal.Dataset) -> tuple[float, float, float, float]:
+    x0, px, _, y0, _, py = dataset.GetGeoTransform()
+    return (x0, y0 + py * dataset.RasterYSize, x0 + px * dataset.RasterXSize, y0)
+
+
+def _central(window: Window) -> Window:
+    width, height = min(window.width, CHECK_SIDE), min(window.height, CHECK_SIDE)
+    return Window(window.x + (window.width - width) // 2, window.y + (window.height - height) // 2, width, height)
+
+
+def _output_offset(dataset: gdal.Dataset, source: SourceRaster, window: Window, scale: int,
+                   output: str) -> tuple[int, int]:
+    """The output pixel at the input window's top-left corner; the window must lie inside the output."""
+    ox, opx, _, oy, _, opy = dataset.GetGeoTransform()
+    x0, px, _, y0, _, py = source.geotransform
+    column = round((x0 + window.x * px - ox) / opx)
+    row = round((y0 + window.y * py - oy) / opy)
+    if (column < 0 or row < 0 or column + window.width * scale > dataset.RasterXSize
+            or row + window.height * scale > dataset.RasterYSize):
+        raise BadInput(f"{output} does not cover whole input pixels of the window it lies over; "
+                       "check that it was made from this input")
+    return column, row
