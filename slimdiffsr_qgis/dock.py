@@ -1,8 +1,9 @@
 """The dock panel: pick a raster, extent, scale, weights and device, then super-resolve it with one click.
 
 The panel only gathers choices and shows outcomes: it builds the request with
-the shared `build_request`, runs it in a `SuperResolveTask` on the shared
-client, and adds the result in the task's `finished()` on the main thread.
+the shared `build_request`, runs the shared `Job` (the one Processing runs) in a
+`SuperResolveTask`, and adds the result in the task's `finished()` on the main
+thread.
 """
 
 from __future__ import annotations
@@ -17,20 +18,29 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                  QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from .client import BackendClient, cuda_notice
+from .client import BackendClient
+from .contract import DEVICES, KIND_MISSING_DEPENDENCY, KIND_PROTOCOL, SUPPORTED_SCALES, BadInput, RunRequest
+from .job import Job
 from .plan_check import describe_plan
 from .request_builder import (LayerNotAFile, build_request, default_output_path, layer_file_path, parse_bands,
-                              result_layer_name)
+                              result_layer_name, result_number)
 from .result_layer import add_result_layer
-from .settings import DEVICES, PluginSettings, load_settings, save_settings
+from .settings import PluginSettings, load_settings, save_settings
+from .shipped_weights import shipped_scales
 from .task import SuperResolveTask
 
 EXTENT_CANVAS, EXTENT_LAYER, EXTENT_DRAWN = "canvas", "layer", "drawn"
 EXTENT_CHOICES = ((EXTENT_CANVAS, "Current map view"), (EXTENT_LAYER, "Whole layer"),
                   (EXTENT_DRAWN, "Drawn rectangle"))
-SCALES = (4, 8)
-# Failures that mean "there is no usable backend": the panel then offers set-up.
-SETUP_KINDS = ("not_found", "missing_torch", "missing_backend", "missing_dependency")
+# How the job's messages name the panel's weights control.
+WEIGHTS_CONTROL = "the Weights box"
+# Failures that mean "there is no usable backend" (none, or an outdated one): the panel then offers set-up.
+SETUP_KINDS = (KIND_MISSING_DEPENDENCY, KIND_PROTOCOL)
+
+
+def sentence(text: str) -> str:
+    """`text` with its first letter upper-cased and the rest untouched (str.capitalize would turn MiB into mib)."""
+    return text[:1].upper() + text[1:]
 
 
 class SuperResolveDock(QDockWidget):
@@ -48,6 +58,8 @@ class SuperResolveDock(QDockWidget):
         self._drawn: Optional[tuple[QgsRectangle, QgsCoordinateReferenceSystem]] = None
         self._previous_tool = None
         self._input_layer_id = ""
+        self._input_name = ""
+        self._result_number = 1
         self._restart_after_run = False
         self._extent_tool = QgsMapToolExtent(iface.mapCanvas())
         self._extent_tool.extentChanged.connect(self._on_rectangle_drawn)
@@ -76,20 +88,28 @@ class SuperResolveDock(QDockWidget):
         form.addRow("Extent", extent_row)
 
         self.scale_combo = QComboBox(body)
-        for scale in SCALES:
-            self.scale_combo.addItem(f"x{scale}", scale)
+        self.scale_combo.setToolTip("Scales with shipped weights; choose a weights file to use another scale")
         form.addRow("Scale", self.scale_combo)
 
         self.bands_edit = QLineEdit(body)
-        self.bands_edit.setPlaceholderText("1,2,3 (band 1 for single-band rasters)")
-        self.bands_edit.setToolTip("Input bands fed to the model as red, green, blue, e.g. 4,3,2 for Sentinel-2")
+        self.bands_edit.setPlaceholderText("all bands")
+        self.bands_edit.setToolTip("Input bands written to the output, in this order, e.g. 4,3,2,8 (empty: all)")
         form.addRow("Bands", self.bands_edit)
+
+        self.rgb_edit = QLineEdit(body)
+        self.rgb_edit.setPlaceholderText("automatic")
+        self.rgb_edit.setToolTip("Three of the written bands that go through the model together as red, green, "
+                                 "blue, e.g. 4,3,2 for Sentinel-2. Empty: the bands marked red, green, blue, else "
+                                 "1,2,3. Every other band goes through the model on its own (one more pass each).")
+        form.addRow("Colour bands (RGB)", self.rgb_edit)
 
         self.weights_widget = QgsFileWidget(body)
         self.weights_widget.setFilter("Weights (*.safetensors)")
         self.weights_widget.lineEdit().setPlaceholderText("shipped default weights")
         self.weights_widget.setFilePath(self.settings.weights)
+        self.weights_widget.fileChanged.connect(lambda _path: self._offer_scales())
         form.addRow("Weights", self.weights_widget)
+        self._offer_scales()
 
         self.device_combo = QComboBox(body)
         self.device_combo.addItems(list(DEVICES))
@@ -118,8 +138,7 @@ class SuperResolveDock(QDockWidget):
         column.addLayout(buttons)
 
         self.progress_bar = QProgressBar(body)
-        self.progress_bar.setRange(0, 100)
-        self.progress_bar.setValue(0)
+        self._show_progress(0.0)
         column.addWidget(self.progress_bar)
         self.status_label = QLabel("Choose a raster layer and press Super-resolve.", body)
         self.status_label.setWordWrap(True)
@@ -175,6 +194,16 @@ class SuperResolveDock(QDockWidget):
         return box
 
     # ----- choices -----
+    def _offer_scales(self) -> None:
+        """Offer the scales with shipped weights, or every supported scale once a weights file is chosen."""
+        chosen = self.scale_combo.currentData()
+        scales = SUPPORTED_SCALES if self.weights_widget.filePath().strip() else shipped_scales()
+        self.scale_combo.clear()
+        for scale in scales:
+            self.scale_combo.addItem(f"x{scale}", scale)
+        index = self.scale_combo.findData(chosen if chosen in scales else 4)
+        self.scale_combo.setCurrentIndex(max(index, 0))
+
     def current_settings(self) -> PluginSettings:
         """The settings as the panel shows them now."""
         return PluginSettings(
@@ -233,26 +262,35 @@ class SuperResolveDock(QDockWidget):
             return self._drawn
         return None, None
 
-    def build_request(self) -> dict[str, Any]:
-        """The request for the current choices; raises LayerNotAFile or ValueError with a message to show."""
+    def build_request(self) -> RunRequest:
+        """The request for the current choices; raises LayerNotAFile, BadInput or ValueError with a message to show.
+
+        Also picks the result's number, so `<input> x4 (2)` is the layer of `<input>_x4_2.tif`.
+        """
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise ValueError("choose a raster layer first")
         input_path = layer_file_path(layer)
+        if self.scale_combo.currentData() is None:
+            raise ValueError(f"no weights are shipped with this plugin; choose a weights file in {WEIGHTS_CONTROL}")
         scale = int(self.scale_combo.currentData())
         settings = self.current_settings()
+        taken = {other.name() for other in QgsProject.instance().mapLayers().values()}
         output = self.output_widget.filePath().strip()
         if not output:
             folder = settings.resolved_output_folder()
+            self._result_number = result_number(layer.name(), scale, taken, folder)
             folder.mkdir(parents=True, exist_ok=True)
-            output = str(default_output_path(folder, layer.name(), scale))
+            output = str(default_output_path(folder, layer.name(), scale, self._result_number))
         else:
+            self._result_number = result_number(layer.name(), scale, taken)
             if not output.lower().endswith((".tif", ".tiff")):
                 output += ".tif"
             Path(output).parent.mkdir(parents=True, exist_ok=True)
         extent, extent_crs = self._extent()
         return build_request(input_path=input_path, output_path=output, scale=scale, extent=extent,
                              extent_crs=extent_crs, bands=parse_bands(self.bands_edit.text()),
+                             rgb=parse_bands(self.rgb_edit.text(), "colour bands (RGB)"),
                              weights=settings.weights, device=settings.device, tile=settings.tile,
                              overlap=settings.overlap)
 
@@ -263,18 +301,19 @@ class SuperResolveDock(QDockWidget):
             return None
         try:
             request = self.build_request()
-        except (LayerNotAFile, ValueError, OSError) as error:
+        except (LayerNotAFile, BadInput, ValueError, OSError) as error:
             self.show_status(f"Cannot start: {error}", error=True)
             return None
         self.save_choices()
         self.last_layer = None
-        self._input_layer_id = self.layer_combo.currentLayer().id()
-        self.task = SuperResolveTask(self.client, request, self._on_finished, plan_only=plan_only)
+        layer = self.layer_combo.currentLayer()
+        self._input_layer_id, self._input_name = layer.id(), layer.name()
+        job = Job(self.client, request, WEIGHTS_CONTROL, plan_only=plan_only)
+        self.task = SuperResolveTask(job, self._on_finished)
         self.task.planned.connect(self._on_planned)
-        self.task.tiles_done.connect(self._on_tiles)
+        self.task.progressed.connect(self._on_progress)
         self._set_running(True)
-        self.progress_bar.setValue(0)
-        self.show_status("Estimating..." if plan_only else "Starting the backend and checking the request...")
+        self._on_progress(None, "Estimating..." if plan_only else "Starting...")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -289,27 +328,35 @@ class SuperResolveDock(QDockWidget):
         self.estimate_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
+    def _show_progress(self, percent: Optional[float]) -> None:
+        """A fraction on the bar, or a busy bar (percent None) while the backend starts and loads."""
+        if percent is None:
+            self.progress_bar.setRange(0, 0)
+        else:
+            self.progress_bar.setRange(0, 100)
+            self.progress_bar.setValue(int(percent))
+
     def _on_planned(self, plan: dict[str, Any]) -> None:
-        self.show_status(describe_plan(plan).capitalize())
+        self.show_status(sentence(describe_plan(plan)))
 
-    def _on_tiles(self, done: int, total: int) -> None:
-        self.progress_bar.setValue(int(100 * done / max(total, 1)))
-        self.show_status(f"Super-resolving: tile {done} of {total}")
+    def _on_progress(self, percent: Optional[float], text: str) -> None:
+        self._show_progress(percent)
+        self.show_status(sentence(text))
 
-    def _on_finished(self, task: SuperResolveTask, ok: bool) -> None:
+    def _on_finished(self, task: SuperResolveTask) -> None:
         self.task = None
         self._set_running(False)
         if self._restart_after_run:
             self._restart_after_run = False
             self.client.stop()
-        if task.plan_only and ok:
-            return
-        if ok and task.result is not None:
-            self._add_result(task)
-            return
-        self.progress_bar.setValue(0)
         error = task.error
-        if error is None or error.kind == "cancelled":
+        if error is None and task.outcome is not None:
+            self._show_progress(100.0 if task.outcome.result is not None else 0.0)
+            if task.outcome.result is not None:
+                self._add_result(task)
+            return
+        self._show_progress(0.0)
+        if error is None or error.cancelled:
             self.show_status("Cancelled; no output was written.")
             return
         self.show_status(f"Failed: {error}", error=True)
@@ -317,20 +364,21 @@ class SuperResolveDock(QDockWidget):
             self.setup_box.setVisible(True)
 
     def _add_result(self, task: SuperResolveTask) -> None:
-        result = task.result
-        source = QgsProject.instance().mapLayer(self._input_layer_id)
-        name = result_layer_name(source.name() if source is not None else Path(result["output"]).stem,
-                                 task.request["scale"])
+        outcome = task.outcome
+        project = QgsProject.instance()
+        source = project.mapLayer(self._input_layer_id)
+        taken = {layer.name() for layer in project.mapLayers().values()}
+        scale = task.job.request.scale
+        name = result_layer_name(self._input_name, scale,
+                                 result_number(self._input_name, scale, taken, start=self._result_number))
         try:
-            self.last_layer = add_result_layer(QgsProject.instance(), result["output"], name, source,
-                                               task.request["bands"])
+            self.last_layer = add_result_layer(project, outcome.result["output"], name, source,
+                                               task.job.request.bands)
         except OSError as error:
             self.show_status(f"Failed: {error}", error=True)
             return
-        self.progress_bar.setValue(100)
-        notice = cuda_notice(self.client.hello, task.request["device"])
-        self.show_status(f"Added '{name}': {result['width']} x {result['height']} px in {result['seconds']:.1f} s "
-                         f"on {result['device']}. Saved as {result['output']}." + (f" {notice}" if notice else ""))
+        notice = f" {outcome.notice}" if outcome.notice else ""
+        self.show_status(f"Added '{name}': {outcome.summary()}{notice}")
 
     def show_status(self, text: str, error: bool = False) -> None:
         """Show one status line (red for errors)."""
@@ -341,7 +389,7 @@ class SuperResolveDock(QDockWidget):
         """Stop any running task and release the map tool before the plugin unloads."""
         if self.task is not None:
             # The panel is about to be deleted: the task must not report back to it.
-            self.task.on_finished = lambda task, ok: None
+            self.task.on_finished = lambda task: None
             self.task.cancel()
         canvas = self.iface.mapCanvas()
         if canvas.mapTool() is self._extent_tool:

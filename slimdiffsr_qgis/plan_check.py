@@ -1,8 +1,14 @@
-"""Judge a run's plan before running it: describe size, time and disk, and refuse when the disk is too small."""
+"""Judge a run's plan before running it: describe size, passes, time and disk, and refuse when the disk is too small.
+
+Also words the run's progress in the plan's own unit, so the estimate and the
+progress line count the same tile passes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from .contract import human_size
 
 # Room left beside the result: the GeoTIFF is written under a temporary name and
 # overviews are added afterwards (about a third of the image at factor-2 levels).
@@ -11,16 +17,6 @@ DISK_MARGIN = 1.4
 
 class NotEnoughDisk(Exception):
     """The output folder cannot hold the result."""
-
-
-def human_bytes(count: float) -> str:
-    """1536 -> '1.5 KB'."""
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
 
 def human_seconds(seconds: float) -> str:
@@ -36,13 +32,24 @@ def human_seconds(seconds: float) -> str:
 
 
 def describe_plan(plan: dict[str, Any]) -> str:
-    """One line for the dock: output size, tiles, time estimate and free disk."""
+    """One line for the dock and the Processing log: output size, tile passes, time estimate and free disk.
+
+    `steps` is the backend's progress total (every tile once per model pass, plus the
+    samples that measure the window's statistics), so the progress line counts to it.
+    """
     size = (f"output {plan['width']} x {plan['height']} px, {plan['bands']} band(s) {plan['dtype']}, "
-            f"about {human_bytes(plan['output_bytes'])}")
+            f"about {human_size(plan['output_bytes'])}")
+    work = (f"{plan['tiles']} tile(s) x {plan['passes']} model pass(es): {plan['steps']} tile passes "
+            "with the statistics samples")
     estimate = plan.get("seconds_estimate")
     timing = (f"about {human_seconds(estimate)} (from the last run)" if estimate is not None
               else "time is measured on the first run")
-    return f"{size}; {plan['tiles']} tile(s); {timing}; {human_bytes(plan['free_bytes'])} free on disk"
+    return f"{size}; {work}; {timing}; {human_size(plan['free_bytes'])} free on disk"
+
+
+def describe_progress(done: int, total: int) -> str:
+    """The progress line, in the unit the estimate announced (its `steps` tile passes)."""
+    return f"tile pass {done} of {total}"
 
 
 def check_disk(plan: dict[str, Any], output_folder: str) -> None:
@@ -50,5 +57,5 @@ def check_disk(plan: dict[str, Any], output_folder: str) -> None:
     needed = plan["output_bytes"] * DISK_MARGIN
     if needed > plan["free_bytes"]:
         raise NotEnoughDisk(
-            f"the result needs about {human_bytes(needed)} but {output_folder} has only "
-            f"{human_bytes(plan['free_bytes'])} free. Choose another output folder or a smaller extent.")
+            f"the result needs about {human_size(needed)} but {output_folder} has only "
+            f"{human_size(plan['free_bytes'])} free. Choose another output folder or a smaller extent.")

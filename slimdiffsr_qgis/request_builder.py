@@ -1,17 +1,19 @@
 """Build the backend's `run` request from what the user chose; the dock and Processing both call this.
 
-Must run on the thread that owns the layer (the main thread for the dock, the
-algorithm's thread for Processing): it reads QGIS objects and returns plain data
-that any thread may then hand to the client.
+Must run on the thread that owns the layer (the main thread: the dock's click,
+Processing's prepareAlgorithm): it reads QGIS objects and returns a checked
+RunRequest that any thread may then hand to the shared Job.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Collection, Optional, Sequence
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsProviderRegistry, QgsRasterLayer, QgsRectangle)
+from qgis.core import QgsCoordinateReferenceSystem, QgsProviderRegistry, QgsRasterLayer, QgsRectangle
+
+from .contract import RunRequest
 
 
 class LayerNotAFile(Exception):
@@ -43,48 +45,63 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> Optional[str]:
 
 def build_request(*, input_path: str, output_path: str, scale: int, extent: Optional[QgsRectangle] = None,
                   extent_crs: Optional[QgsCoordinateReferenceSystem] = None, bands: Optional[Sequence[int]] = None,
-                  weights: str = "", device: str = "auto", tile: int = 256, overlap: int = 32,
-                  overwrite: bool = False) -> dict[str, Any]:
-    """The JSON `run` request; its keys are exactly the backend's RunRequest fields.
+                  rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = 256,
+                  overlap: int = 32, overwrite: bool = False) -> RunRequest:
+    """The `run` request, checked by the contract (BadInput names the bad field).
 
     extent None (or empty) means the whole raster; empty `weights` means the
-    weights shipped with the backend; empty `bands` lets the backend choose
-    (1,2,3, or band 1 replicated for a single-band raster).
+    weights shipped with the backend; empty `bands` writes every band; empty
+    `rgb` lets the backend choose the colour triplet.
     """
     has_extent = extent is not None and not extent.isEmpty()
-    return {
-        "input": input_path,
-        "output": output_path,
-        "scale": int(scale),
-        "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
-        if has_extent else None,
-        "extent_crs": crs_text(extent_crs) if has_extent and extent_crs is not None else None,
-        "bands": [int(b) for b in bands] if bands else None,
-        "weights": weights or None,
-        "device": device,
-        "tile": int(tile),
-        "overlap": int(overlap),
-        "overwrite": bool(overwrite),
-    }
+    return RunRequest(
+        input=input_path,
+        output=output_path,
+        scale=scale,
+        extent=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()) if has_extent else None,
+        extent_crs=crs_text(extent_crs) if has_extent and extent_crs is not None else None,
+        bands=tuple(bands) if bands else None,
+        rgb=tuple(rgb) if rgb else None,
+        weights=weights or None,
+        device=device,
+        tile=tile,
+        overlap=overlap,
+        overwrite=overwrite,
+    )
 
 
-def result_layer_name(input_name: str, scale: int) -> str:
-    """How the result is named in the project: `<input> x4`."""
-    return f"{input_name} x{scale}"
+def numbered(base: str, number: int) -> str:
+    """`base` for the first of its kind, `base (2)`, `base (3)`, ... after it."""
+    return base if number == 1 else f"{base} ({number})"
 
 
-def default_output_path(folder: Path, input_name: str, scale: int) -> Path:
-    """A new GeoTIFF path in `folder` named after the input and scale, never overwriting a file."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in input_name).strip("_") or "raster"
-    candidate = Path(folder) / f"{stem}_x{scale}.tif"
-    number = 2
-    while candidate.exists():
-        candidate = Path(folder) / f"{stem}_x{scale}_{number}.tif"
+def result_number(input_name: str, scale: int, taken_names: Collection[str], folder: Optional[Path] = None,
+                  start: int = 1) -> int:
+    """The first number from `start` whose layer name is free in the project and, with `folder`, whose default
+    file is new.
+
+    One number serves both, so `field x4 (2)` is the layer of `field_x4_2.tif`.
+    """
+    number = start
+    while (result_layer_name(input_name, scale, number) in taken_names
+           or (folder is not None and default_output_path(folder, input_name, scale, number).exists())):
         number += 1
-    return candidate
+    return number
 
 
-def parse_bands(text: str) -> Optional[list[int]]:
+def result_layer_name(input_name: str, scale: int, number: int = 1) -> str:
+    """How the result is named in the project: `<input> x4`, then `<input> x4 (2)`, ..."""
+    return numbered(f"{input_name} x{scale}", number)
+
+
+def default_output_path(folder: Path, input_name: str, scale: int, number: int = 1) -> Path:
+    """The GeoTIFF named after the input and scale in `folder`: `<input>_x4.tif`, then `<input>_x4_2.tif`, ..."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in input_name).strip("_") or "raster"
+    suffix = "" if number == 1 else f"_{number}"
+    return Path(folder) / f"{stem}_x{scale}{suffix}.tif"
+
+
+def parse_bands(text: str, what: str = "bands") -> Optional[list[int]]:
     """"4,3,2" -> [4, 3, 2]; empty -> None (the backend's default); anything else raises ValueError."""
     parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
     if not parts:
@@ -92,4 +109,4 @@ def parse_bands(text: str) -> Optional[list[int]]:
     try:
         return [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"bands must be band numbers separated by commas, like 4,3,2 (got {text!r})") from None
+        raise ValueError(f"{what} must be band numbers separated by commas, like 4,3,2 (got {text!r})") from None

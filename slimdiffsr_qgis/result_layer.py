@@ -1,4 +1,8 @@
-"""Put a finished result into the project: overviews, a layer above its input, the input's look copied."""
+"""Finish a result file and give it its input's look: overviews, band labels, renderer, a place in the project.
+
+File work (overviews, band labels) is plain GDAL and runs on the job's worker
+thread; renderer and project work touch QGIS objects and run on the main thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Optional, Sequence
 
 from osgeo import gdal
 from qgis.core import (QgsHillshadeRenderer, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
-                       QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer)
+                       QgsRasterRenderer, QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer)
 
 SMALLEST_OVERVIEW = 256
 
@@ -41,21 +45,40 @@ def build_overviews(path: str) -> int:
     return levels
 
 
+def copy_band_labels(input_path: str, output_path: str, bands: Optional[Sequence[int]]) -> None:
+    """Give each output band the description and colour interpretation of the input band it came from.
+
+    QGIS names bands in legends and renderer menus after these ("Band 1: Red"); the
+    GeoTIFF writer would otherwise call a uint16 triplet "Gray".
+    """
+    source = gdal.OpenEx(input_path, gdal.OF_RASTER)
+    target = gdal.OpenEx(output_path, gdal.OF_RASTER | gdal.OF_UPDATE)
+    if source is None or target is None:
+        raise OSError(f"cannot open {input_path} and {output_path} to copy band names")
+    for input_band, output_band in band_map(bands, target.RasterCount).items():
+        read, write = source.GetRasterBand(input_band), target.GetRasterBand(output_band)
+        write.SetDescription(read.GetDescription())
+        write.SetColorInterpretation(read.GetColorInterpretation())
+        read = write = None
+    target.FlushCache()
+    source = target = None
+
+
 def band_map(bands: Optional[Sequence[int]], output_bands: int) -> dict[int, int]:
-    """Input band number -> output band number: output band i holds input band bands[i-1]."""
+    """Input band number -> output band number: output band i holds input band bands[i-1] (every band if None)."""
     chosen = list(bands) if bands else list(range(1, output_bands + 1))
     return {source: index + 1 for index, source in enumerate(chosen[:output_bands])}
 
 
-def copy_renderer(source: QgsRasterLayer, target: QgsRasterLayer, bands: dict[int, int]) -> bool:
-    """Give `target` the renderer and stretch of `source`, with band numbers mapped; False if they cannot map.
+def copy_renderer(renderer: Optional[QgsRasterRenderer], target: QgsRasterLayer, bands: dict[int, int]) -> bool:
+    """Give `target` a copy of the input's `renderer` and stretch, band numbers mapped; False if they cannot map.
 
     The result is written in the input's data type and range, so the same
     min/max stretch shows both layers alike and they compare fairly.
     """
-    renderer = source.renderer().clone() if source.renderer() is not None else None
     if renderer is None:
         return False
+    renderer = renderer.clone()
     used = [band for band in renderer.usesBands() if band > 0]
     if any(band not in bands for band in used):
         return False
@@ -71,6 +94,7 @@ def copy_renderer(source: QgsRasterLayer, target: QgsRasterLayer, bands: dict[in
     elif any(bands[band] != band for band in used):
         return False
     target.setRenderer(renderer)
+    target.triggerRepaint()
     return True
 
 
@@ -81,7 +105,7 @@ def add_result_layer(project: QgsProject, path: str, name: str, source: Optional
     if not layer.isValid():
         raise OSError(f"the result {path} was written but QGIS cannot open it")
     if source is not None:
-        copy_renderer(source, layer, band_map(bands, layer.bandCount()))
+        copy_renderer(source.renderer(), layer, band_map(bands, layer.bandCount()))
     project.addMapLayer(layer, False)
     root = project.layerTreeRoot()
     node = root.findLayer(source.id()) if source is not None else None

@@ -1,63 +1,57 @@
-"""The dock's background job: plan, check the disk, run on the backend, build overviews.
+"""The dock's background task: runs the shared Job on a QGIS worker thread and reports back in Qt signals.
 
-`run()` executes on a worker thread and touches no QGIS object: it receives a
-plain request dict and reports through Qt signals (delivered to the dock on the
-main thread) and through `result` / `error`, which `finished()` hands to the dock
-on the main thread.
+`run()` executes on a worker thread and touches no QGIS object; `planned` and
+`progressed` reach the dock on the main thread, and `finished()` hands the
+outcome (or the error) to the dock there.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from .client import BackendClient, BackendError
-from .plan_check import NotEnoughDisk, check_disk
-from .result_layer import build_overviews
+from .client import BackendError
+from .job import Job, JobOutcome
 
 
 class SuperResolveTask(QgsTask):
-    """One dock job; with plan_only it stops after the estimate (the dock's Estimate button)."""
+    """One dock job; with plan_only it stops after the estimate (the dock's Estimate button).
+
+    A cancelled job ends as a completed task, not a failed one: the user asked
+    for it, and QGIS would otherwise announce "Task failed".
+    """
 
     planned = pyqtSignal(object)
-    tiles_done = pyqtSignal(int, int)
+    progressed = pyqtSignal(object, str)
 
-    def __init__(self, client: BackendClient, request: dict[str, Any],
-                 on_finished: Callable[["SuperResolveTask", bool], None], plan_only: bool = False) -> None:
-        super().__init__(f"Super-resolve {os.path.basename(request['input'])} x{request['scale']}",
-                         QgsTask.CanCancel)
-        self.client = client
-        self.request = request
-        self.plan_only = plan_only
+    def __init__(self, job: Job, on_finished: Callable[["SuperResolveTask"], None]) -> None:
+        request = job.request
+        action = "Estimate" if job.plan_only else "Super-resolve"
+        super().__init__(f"{action} {os.path.basename(request.input)} x{request.scale}", QgsTask.CanCancel)
+        self.job = job
         self.on_finished = on_finished
-        self.result: Optional[dict[str, Any]] = None
+        self.outcome: Optional[JobOutcome] = None
         self.error: Optional[BackendError] = None
 
     def run(self) -> bool:
         try:
-            plan = self.client.plan(self.request)
-            self.planned.emit(plan)
-            check_disk(plan, os.path.dirname(os.path.abspath(self.request["output"])))
-            if self.plan_only or self.isCanceled():
-                return not self.isCanceled()
-            self.result = self.client.run(self.request, progress=self._progress, is_cancelled=self.isCanceled)
-            self.result["overviews"] = build_overviews(self.result["output"])
-            return True
-        except NotEnoughDisk as error:
-            self.error = BackendError("no_space", str(error))
+            self.outcome = self.job.run(self.isCanceled, self.planned.emit, self._progress)
         except BackendError as error:
             self.error = error
-        except OSError as error:
-            self.error = BackendError("internal", str(error))
-        return False
+            if error.cancelled:
+                self.setDescription(f"{self.description()}: cancelled")
+                return True
+            return False
+        return True
 
     def finished(self, ok: bool) -> None:
         """Main thread: hand the outcome to the dock, which adds the layer or shows the error."""
-        self.on_finished(self, ok)
+        self.on_finished(self)
 
-    def _progress(self, done: int, total: int) -> None:
-        self.setProgress(100.0 * done / max(total, 1))
-        self.tiles_done.emit(done, total)
+    def _progress(self, percent: Optional[float], text: str) -> None:
+        if percent is not None:
+            self.setProgress(percent)
+        self.progressed.emit(percent, text)

@@ -15,7 +15,9 @@ from plugin_fixtures import wait_until, write_rgb, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
-from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan, human_bytes
+from slimdiffsr_qgis.contract import SUPPORTED_SCALES
+from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
+from slimdiffsr_qgis.shipped_weights import shipped_scales
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
 BOUND = 90.0
@@ -73,6 +75,7 @@ def test_one_click_over_the_canvas_extent_adds_the_result_above_its_input(qgis_i
 
     dock.run_button.click()
     assert dock.task is not None and not dock.run_button.isEnabled()
+    assert dock.progress_bar.maximum() == 0, "a busy bar until the first tile pass"
     wait_until(lambda: dock.task is None, BOUND, "the dock's task")
 
     result = dock.last_layer
@@ -90,8 +93,9 @@ def test_one_click_over_the_canvas_extent_adds_the_result_above_its_input(qgis_i
     dataset = gdal.Open(result.source())
     assert dataset.GetRasterBand(1).GetOverviewCount() >= 1
     dataset = None
-    assert "Added 'field x4'" in dock.status_label.text()
+    assert "Added 'field x4'" in dock.status_label.text() and "GPU" not in dock.status_label.text()
     assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert (dock.progress_bar.maximum(), dock.progress_bar.value()) == (100, 100)
 
 
 def _stretch(layer: QgsRasterLayer, band: int) -> QgsContrastEnhancement:
@@ -108,18 +112,19 @@ def test_cancel_mid_run_stops_leaves_no_file_and_the_dock_works_again(qgis_iface
     dock.set_extent_source("layer")
     output = tmp_path / "results" / "cancelled.tif"
     dock.output_widget.setFilePath(str(output))
-    tiles: list[tuple[int, int]] = []
+    percents: list[float] = []
     dock.run_button.click()
-    dock.task.tiles_done.connect(lambda done, total: tiles.append((done, total)))
-    wait_until(lambda: len(tiles) > 0 or dock.task is None, BOUND, "the first tile")
-    assert tiles, dock.status_label.text()
-    at_cancel = tiles[-1][0]
+    task = dock.task
+    task.progressed.connect(lambda percent, text: percent is not None and percents.append(percent))
+    wait_until(lambda: len(percents) > 0 or dock.task is None, BOUND, "the first tile")
+    assert percents, dock.status_label.text()
+    at_cancel = percents[-1]
     dock.cancel_button.click()
     wait_until(lambda: dock.task is None, BOUND, "the cancelled task to end")
 
-    total = tiles[-1][1]
-    assert tiles[-1][0] < total and tiles[-1][0] - at_cancel <= 8, f"cancel at tile {at_cancel} ran to {tiles[-1]}"
-    assert "Cancelled" in dock.status_label.text()
+    assert percents[-1] < 100 and percents[-1] - at_cancel <= 25, f"cancel at {at_cancel} % ran to {percents[-1]} %"
+    assert "Cancelled" in dock.status_label.text() and "Failed" not in dock.status_label.text()
+    assert task.status() == task.Complete and task.description().endswith("cancelled"), "not QGIS's 'Task failed'"
     assert not output.exists() and list(output.parent.iterdir()) == []
     assert dock.last_layer is None and len(QgsProject.instance().mapLayers()) == 1
     assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
@@ -156,7 +161,8 @@ def test_estimate_shows_size_tiles_and_free_disk_without_running(qgis_iface, doc
     dock.estimate_button.click()
     wait_until(lambda: dock.task is None, BOUND, "the estimate")
     text = dock.status_label.text()
-    assert "256 x 128 px" in text and "tile(s)" in text and "free on disk" in text
+    assert "256 x 128 px" in text and "free on disk" in text and "iB" in text
+    assert "tile(s) x 1 model pass(es)" in text and "tile passes" in text
     assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
 
 
@@ -232,9 +238,74 @@ def test_a_missing_backend_interpreter_is_reported_and_set_up_is_offered(qgis_if
 def test_a_disk_too_small_for_the_result_is_refused_before_running():
     plan = {"width": 4000, "height": 4000, "bands": 3, "dtype": "uint16", "output_bytes": 96_000_000,
             "free_bytes": 50_000_000, "tiles": 300, "seconds_estimate": None}
-    with pytest.raises(NotEnoughDisk, match="needs about .* has only 47.7 MB free"):
+    with pytest.raises(NotEnoughDisk, match="needs about 128.2 MiB but .* has only 47.7 MiB free"):
         check_disk(plan, "/data/out")
     check_disk({**plan, "free_bytes": 10**12}, "/data/out")
+    plan = {**plan, "passes": 2, "steps": 640}
     assert "time is measured on the first run" in describe_plan(plan)
     assert "about 1 min 15 s" in describe_plan({**plan, "seconds_estimate": 75})
-    assert [human_bytes(n) for n in (5, 1536, 3 * 1024**4)] == ["5 B", "1.5 KB", "3.0 TB"]
+    assert "300 tile(s) x 2 model pass(es): 640 tile passes" in describe_plan(plan)
+    assert "about 91.6 MiB" in describe_plan(plan) and "47.7 MiB free" in describe_plan(plan)
+
+
+def test_each_run_of_one_input_gets_its_own_layer_name_matching_its_file(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "field.tif", 32, 16), "field")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    names, files = [], []
+    for _ in range(3):
+        dock.run_button.click()
+        wait_until(lambda: dock.task is None, BOUND, "a run")
+        assert dock.last_layer is not None, dock.status_label.text()
+        names.append(dock.last_layer.name())
+        files.append(Path(dock.last_layer.source()).name)
+    assert names == ["field x4", "field x4 (2)", "field x4 (3)"]
+    assert files == ["field_x4.tif", "field_x4_2.tif", "field_x4_3.tif"]
+
+
+def test_the_result_keeps_the_input_band_names_and_colour_interpretation(qgis_iface, dock, tmp_path):
+    path = write_rgb(tmp_path / "named.tif", 32, 16)
+    dataset = gdal.Open(path, gdal.GA_Update)
+    for index, (name, colour) in enumerate((("B4", gdal.GCI_RedBand), ("B3", gdal.GCI_GreenBand),
+                                            ("B2", gdal.GCI_BlueBand)), start=1):
+        band = dataset.GetRasterBand(index)
+        band.SetDescription(name)
+        band.SetColorInterpretation(colour)
+        band = None
+    dataset = None
+    layer = add_raster(path, "named")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.bands_edit.setText("3,1")
+    dock.rgb_edit.setText("")
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the run")
+    result = dock.last_layer
+    assert result is not None, dock.status_label.text()
+    assert result.bandCount() == 2
+    assert [result.bandName(band) for band in (1, 2)] == ["Band 1: B2", "Band 2: B4"]
+    provider = result.dataProvider()
+    assert [provider.colorInterpretationName(band) for band in (1, 2)] == ["Blue", "Red"]
+
+
+def test_scales_without_shipped_weights_are_offered_only_with_a_weights_file(dock, tmp_path):
+    offered = lambda: [dock.scale_combo.itemData(i) for i in range(dock.scale_combo.count())]  # noqa: E731
+    assert offered() == list(SUPPORTED_SCALES), "a weights file is chosen"
+    dock.weights_widget.setFilePath("")
+    assert offered() == list(shipped_scales()) and 8 not in offered()
+    dock.weights_widget.setFilePath(str(tmp_path / "tiny.safetensors"))
+    assert offered() == list(SUPPORTED_SCALES)
+
+
+def test_a_scale_without_shipped_weights_names_the_weights_box(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 32, 16), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.scale_combo.setCurrentIndex(dock.scale_combo.findData(8))
+    dock.weights_widget.setFilePath("")
+    dock.scale_combo.addItem("x8", 8)  # a stale choice the panel should no longer offer
+    dock.scale_combo.setCurrentIndex(dock.scale_combo.count() - 1)
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the refused run")
+    text = dock.status_label.text()
+    assert "no weights for x8 yet" in text and "the Weights box" in text and "--weights" not in text
