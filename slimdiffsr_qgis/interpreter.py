@@ -6,15 +6,15 @@ Order of preference:
     1. the interpreter named in the settings (`slimdiffsr/backend_python`);
     2. the venv that first-run set-up made in the QGIS profile folder;
     3. the repository's `.venv`, when the plugin runs from a source checkout;
-    4. on Windows, `python.exe` beside QGIS's executable (QGIS's `sys.executable`
-       is the QGIS binary there, and there is no `python3`);
-    5. `python3` on the PATH.
+    4. QGIS's own interpreter, found from the QGIS install layout (see
+       `qgis_interpreter_candidates`), never from the PATH alone: `sys.executable`
+       inside QGIS is the QGIS binary (Windows, macOS) or whatever `python3`
+       comes first on the PATH (Linux), often a Python without GDAL.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -58,10 +58,55 @@ def checkout_root(plugin_dir: Path) -> Optional[Path]:
     return root if (root / "backend" / "server.py").is_file() else None
 
 
-def windows_python_beside(executable: str, exec_prefix: str) -> list[Path]:
-    """Where QGIS on Windows keeps a real python.exe: beside the QGIS binary, or in its Python home."""
-    return [Path(executable).parent / "python.exe", Path(executable).parent / "python3.exe",
-            Path(exec_prefix) / "python.exe"]
+@dataclass(frozen=True)
+class QgisPython:
+    """Facts about the Python embedded in QGIS, from which its real interpreter is found.
+
+    `executable` is `sys.executable`, which cannot be trusted: on Linux an
+    embedded Python takes the first `python3` on the PATH (a pyenv shim, a conda
+    or Homebrew Python), on Windows and macOS it is the QGIS binary. The reliable
+    facts are `base_exec_prefix` (where QGIS's Python library lives), the
+    version, and QGIS's install prefix (`QgsApplication.prefixPath()`).
+    `osgeo_dir` is the folder of the GDAL bindings QGIS imports ("" when unknown).
+    """
+
+    executable: str
+    base_exec_prefix: str
+    version: tuple[int, int]
+    qgis_prefix: str
+    windows: bool
+    osgeo_dir: str = ""
+
+
+def qgis_interpreter_candidates(qgis: QgisPython) -> list[Path]:
+    """Where QGIS's own interpreter may be, most likely first, for every way QGIS is installed.
+
+    Linux packages, conda, Homebrew and the Flatpak: `<base_exec_prefix>/bin/pythonX.Y`.
+    macOS app bundle: the same under the bundled framework, or `Contents/MacOS/bin/python3`
+    beside the QGIS binary and under the prefix. OSGeo4W and the standalone Windows
+    installer: `apps/PythonXY/python.exe`, which is `base_exec_prefix` and a sibling
+    of the QGIS prefix `apps/qgis`. `sys.executable` comes last, and only when it
+    is a Python at all. Nothing here says a candidate works: run it to find out.
+    """
+    major, minor = qgis.version
+    base, prefix, executable = Path(qgis.base_exec_prefix), Path(qgis.qgis_prefix), Path(qgis.executable)
+    is_python = executable.name.lower().startswith("python")
+    # Beside the QGIS binary (Windows, macOS) a Python may live; beside a Python that
+    # only the PATH chose, there is nothing of QGIS's to find.
+    beside = [] if is_python else [executable.parent, executable.parent / "bin"]
+    if qgis.windows:
+        names = ["python.exe", "python3.exe"]
+        folders = [base, prefix.parent / f"Python{major}{minor}", *beside]
+    else:
+        names = [f"python{major}.{minor}", "python3"]
+        folders = [base / "bin", prefix / "bin", *beside]
+    candidates = [folder / name for folder in folders for name in names]
+    if is_python:
+        candidates.append(executable)
+    unique: dict[str, Path] = {}
+    for candidate in candidates:
+        unique.setdefault(os.path.normcase(str(candidate)), candidate)
+    return list(unique.values())
 
 
 def prepared_interpreters(profile_dir: Path, plugin_dir: Path, windows: bool) -> list[Path]:
@@ -73,40 +118,25 @@ def prepared_interpreters(profile_dir: Path, plugin_dir: Path, windows: bool) ->
     return candidates
 
 
-def find_backend_python(configured: str, profile_dir: Path, plugin_dir: Path, executable: str,
-                        exec_prefix: str, windows: bool,
-                        exists: Callable[[Path], bool] = Path.is_file,
-                        which: Callable[[str], Optional[str]] = shutil.which) -> str:
+def find_backend_python(configured: str, profile_dir: Path, plugin_dir: Path, qgis: QgisPython,
+                        exists: Callable[[Path], bool] = Path.is_file) -> str:
     """The interpreter to start the backend with, by the order in the module docstring.
 
     A configured interpreter is returned even when it does not exist, so the
     start-up error names what the user set rather than silently using another.
+    An existing first-run venv is returned even when broken: the backend check
+    then says what is wrong with it, and set-up rebuilds it.
     """
     if configured:
         return configured
-    candidates = prepared_interpreters(profile_dir, plugin_dir, windows)
-    if windows:
-        candidates.extend(windows_python_beside(executable, exec_prefix))
+    candidates = prepared_interpreters(profile_dir, plugin_dir, qgis.windows) + qgis_interpreter_candidates(qgis)
     for candidate in candidates:
-        if exists(candidate):
+        if exists(candidate) or candidate.is_symlink():
             return str(candidate)
-    on_path = None if windows else which("python3")
-    if on_path:
-        return on_path
-    looked = ", ".join(str(c) for c in candidates) + ("" if windows else ", python3 on the PATH")
+    looked = ", ".join(str(c) for c in candidates)
     raise InterpreterNotFound(
         f"no Python interpreter for the SlimDiffSR backend was found (looked at: {looked}). "
         "Use 'Set up backend' in the SlimDiffSR panel, or choose an interpreter in its settings.")
-
-
-def backend_is_set_up(configured: str, profile_dir: Path, plugin_dir: Path, windows: bool,
-                      exists: Callable[[Path], bool] = Path.is_file) -> bool:
-    """True when a backend interpreter was chosen or made for us (setting, first-run venv, checkout venv).
-
-    QGIS's own Python or a `python3` on the PATH may still lack torch, so they
-    do not count: the panel then offers first-run set-up up front.
-    """
-    return bool(configured) or any(exists(c) for c in prepared_interpreters(profile_dir, plugin_dir, windows))
 
 
 def clean_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+import platform
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QObject, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
-from .backend_setup import SetupError, backend_package, qgis_python, setup_steps, this_python
+from .backend_check import BackendStatus, check_backend, check_new_backend
+from .backend_setup import SetupError, backend_package
 from .client import BackendClient, BackendError
 from .dock import SuperResolveDock
+from .download_plan import nvidia_gpus
 from .icons import icon_path
-from .interpreter import (InterpreterNotFound, LaunchSpec, backend_is_set_up, backend_launch,
-                          current_platform_is_windows, find_backend_python, first_run_venv, venv_python)
+from .interpreter import (InterpreterNotFound, LaunchSpec, QgisPython, backend_launch, current_platform_is_windows,
+                          find_backend_python, first_run_venv)
 from .provider import SlimDiffSRProvider
-from .settings import load_settings, save_settings
+from .settings import load_proxy, load_settings, save_settings
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 MENU = "&SlimDiffSR"
@@ -36,6 +41,24 @@ def profile_dir() -> Path:
     return Path(QgsApplication.qgisSettingsDirPath())
 
 
+def running_qgis_python(windows: bool) -> QgisPython:
+    """The facts about this QGIS's Python that lead to its real interpreter (see `QgisPython`)."""
+    try:
+        import osgeo
+
+        osgeo_dir = str(Path(osgeo.__file__).parent)
+    except ImportError:
+        osgeo_dir = ""
+    return QgisPython(sys.executable, sys.base_exec_prefix, (sys.version_info.major, sys.version_info.minor),
+                      QgsApplication.prefixPath(), windows, osgeo_dir)
+
+
+class _StatusRelay(QObject):
+    """Carries a backend check's result from its worker thread to the main thread."""
+
+    checked = pyqtSignal(object)
+
+
 class SlimDiffSRPlugin:
     """One per QGIS session; the dock and Processing share its single backend client."""
 
@@ -47,6 +70,10 @@ class SlimDiffSRPlugin:
         self.dock: Optional[SuperResolveDock] = None
         self.action: Optional[QAction] = None
         self.setup_dialog = None
+        self.backend_status: Optional[BackendStatus] = None
+        self._check_thread: Optional[threading.Thread] = None
+        self._relay = _StatusRelay()
+        self._relay.checked.connect(self._show_backend_status)
 
     # ----- the shared backend -----
     def client(self) -> BackendClient:
@@ -57,9 +84,8 @@ class SlimDiffSRPlugin:
 
     def backend_python(self) -> str:
         """The interpreter the backend starts with now (settings are re-read, so changes apply on restart)."""
-        executable, exec_prefix, _version = this_python()
-        return find_backend_python(load_settings().backend_python, profile_dir(), PLUGIN_DIR, executable,
-                                   exec_prefix, self.windows)
+        return find_backend_python(load_settings().backend_python, profile_dir(), PLUGIN_DIR,
+                                   running_qgis_python(self.windows))
 
     def launch_spec(self) -> LaunchSpec:
         """How the client starts the backend; a missing interpreter becomes a BackendError to show."""
@@ -68,6 +94,29 @@ class SlimDiffSRPlugin:
         except InterpreterNotFound as error:
             raise BackendError("not_found", str(error)) from None
         return backend_launch(python, PLUGIN_DIR, self.windows, os.environ, tempfile.gettempdir())
+
+    def check_backend(self) -> None:
+        """Check in the background whether the backend answers a ping; the panel's Backend box follows the answer.
+
+        The box stays visible until the backend answers, with what is missing
+        (the interpreter, GDAL, PyTorch or the backend package) in the status line.
+        A check already under way is not started twice.
+        """
+        if self._check_thread is not None and self._check_thread.is_alive():
+            return
+        client = self.client()
+        self._check_thread = threading.Thread(
+            target=lambda: self._relay.checked.emit(check_backend(client, self.launch_spec)),
+            name="slimdiffsr-check", daemon=True)
+        self._check_thread.start()
+
+    def _show_backend_status(self, status: BackendStatus) -> None:
+        self.backend_status = status
+        if self.dock is None:
+            return
+        self.dock.setup_box.setVisible(not status.ready)
+        if not status.ready:
+            self.dock.show_status(status.message, error=True)
 
     # ----- QGIS hooks -----
     def initProcessing(self) -> None:  # noqa: N802 (QGIS hook)
@@ -79,8 +128,7 @@ class SlimDiffSRPlugin:
     def initGui(self) -> None:  # noqa: N802 (QGIS hook)
         """Add the provider, the dock (docked right) and a menu/toolbar action that shows it."""
         self.initProcessing()
-        set_up = backend_is_set_up(load_settings().backend_python, profile_dir(), PLUGIN_DIR, self.windows)
-        self.dock = SuperResolveDock(self.iface, self.client(), self.open_setup, set_up, self.iface.mainWindow())
+        self.dock = SuperResolveDock(self.iface, self.client(), self.open_setup, False, self.iface.mainWindow())
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.action = QAction(QIcon(icon_path("slimdiffsr.svg")), "SlimDiffSR super-resolution",
                               self.iface.mainWindow())
@@ -90,6 +138,7 @@ class SlimDiffSRPlugin:
         self.dock.visibilityChanged.connect(self.action.setChecked)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addRasterToolBarIcon(self.action)
+        self.check_backend()
 
     def unload(self) -> None:
         """Remove everything initGui added and stop the backend process."""
@@ -106,27 +155,38 @@ class SlimDiffSRPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if self._check_thread is not None:
+            self._check_thread.join()
+            self._check_thread = None
         if self._client is not None:
             self._client.stop()
             self._client = None
 
     # ----- first-run set-up -----
     def open_setup(self) -> None:
-        """Show the set-up dialog that makes the backend venv in the profile folder."""
-        from .setup_dialog import SetupDialog
+        """Show the set-up dialog that (re)builds the backend venv in the profile folder."""
+        from .setup_dialog import SetupContext, SetupDialog
 
-        venv = first_run_venv(profile_dir())
         try:
-            base = qgis_python(*this_python(), windows=self.windows)
-            steps = setup_steps(base, venv, backend_package(PLUGIN_DIR), load_settings().torch_requirement,
-                                self.windows)
+            package = backend_package(PLUGIN_DIR)
         except SetupError as error:
             if self.dock is not None:
                 self.dock.show_status(f"Cannot set up the backend: {error}", error=True)
             return
-        self.setup_dialog = SetupDialog(steps, venv_python(venv, self.windows), str(profile_dir()), self.windows,
-                                        self._on_setup_done, self.iface.mainWindow())
+        context = SetupContext(
+            qgis=running_qgis_python(self.windows), venv_dir=first_run_venv(profile_dir()), package=package,
+            system=platform.system(), gpus=nvidia_gpus(), custom_requirement=load_settings().torch_requirement,
+            proxy=load_proxy(), environ=dict(os.environ), cwd=str(profile_dir()), verify=self._verify_new_backend)
+        self.setup_dialog = SetupDialog(context, self._on_setup_done, self._before_setup, self.iface.mainWindow())
         self.setup_dialog.show()
+
+    def _verify_new_backend(self, python: str) -> BackendStatus:
+        return check_new_backend(lambda: backend_launch(python, PLUGIN_DIR, self.windows, os.environ,
+                                                        tempfile.gettempdir()))
+
+    def _before_setup(self) -> None:
+        # The venv is rebuilt from scratch: a backend running from it must not hold its files.
+        self.client().stop()
 
     def _on_setup_done(self, python: str) -> None:
         settings = load_settings()
@@ -135,5 +195,5 @@ class SlimDiffSRPlugin:
         self.client().stop()
         if self.dock is not None:
             self.dock.python_widget.setFilePath(python)
-            self.dock.setup_box.setVisible(False)
             self.dock.show_status("The backend is set up; press Super-resolve.")
+        self.check_backend()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from qgis.core import QgsSettings
+
+from .download_plan import Proxy, proxy_from_qgis
 
 PREFIX = "slimdiffsr/"
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
-# The torch pip requirement first-run set-up installs. A setting, so a user with a
-# CUDA card can ask for another build, e.g. "torch==2.13.0 --index-url <their index>".
-DEFAULT_TORCH_REQUIREMENT = "torch==2.13.0"
+# QGIS's own network settings that first-run set-up hands to pip.
+PROXY_KEYS = ("proxy/proxyEnabled", "proxy/proxyType", "proxy/proxyHost", "proxy/proxyPort", "proxy/proxyUser",
+              "proxy/proxyPassword")
 
 
 @dataclass
@@ -24,6 +27,8 @@ class PluginSettings:
     weights: default safetensors file; empty means the weights shipped with the backend.
     output_folder: where the dock writes results when no file is given (a
         persistent folder, never a temp dir that vanishes).
+    torch_requirement: pip arguments for PyTorch that replace set-up's own
+        choice (e.g. a build for another CUDA version); empty lets set-up choose.
     """
 
     backend_python: str = ""
@@ -32,7 +37,7 @@ class PluginSettings:
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
     output_folder: str = ""
-    torch_requirement: str = DEFAULT_TORCH_REQUIREMENT
+    torch_requirement: str = ""
 
     def resolved_output_folder(self) -> Path:
         """The output folder to use: the chosen one, else `SlimDiffSR` in the user's home."""
@@ -51,8 +56,7 @@ def load_settings() -> PluginSettings:
         tile=int(stored.value(PREFIX + "tile", defaults.tile)),
         overlap=int(stored.value(PREFIX + "overlap", defaults.overlap)),
         output_folder=str(stored.value(PREFIX + "output_folder", defaults.output_folder) or ""),
-        torch_requirement=str(stored.value(PREFIX + "torch_requirement", defaults.torch_requirement)
-                              or defaults.torch_requirement),
+        torch_requirement=str(stored.value(PREFIX + "torch_requirement", defaults.torch_requirement) or ""),
     )
 
 
@@ -61,3 +65,9 @@ def save_settings(settings: PluginSettings) -> None:
     stored = QgsSettings()
     for key, value in vars(settings).items():
         stored.setValue(PREFIX + key, value)
+
+
+def load_proxy() -> Optional[Proxy]:
+    """The proxy QGIS itself uses (Settings > Options > Network), for pip during set-up."""
+    stored = QgsSettings()
+    return proxy_from_qgis({key: stored.value(key, "") for key in PROXY_KEYS})
