@@ -540,4 +540,7 @@ def _fmt(extent: tuple[float, ...]) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's first line. Its traceback is dropped: the failing GDAL call's frame in it holds the
+    dataset, which would then close (and fail again, as "Exception ignored") only when the error is collected."""
+    error.__traceback__ = None
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

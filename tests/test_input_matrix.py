@@ -17,7 +17,7 @@ import pytest
 
 from backend.engine import Engine
 from input_cases import assert_only, check_output, input_cases, write_cases
-from plugin_fixtures import REPO, backend_python, write_tiny_shipped_like_weights
+from plugin_fixtures import REPO, backend_python, one_thread_backends, write_tiny_shipped_like_weights  # noqa: F401
 from slimdiffsr_qgis.contract import RunRequest
 
 TILING = dict(tile=32, overlap=8)
