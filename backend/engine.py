@@ -1,4 +1,4 @@
-"""Run a super-resolution model over a raster window: device, tiles, blending, atomic output.
+"""Run a super-resolution model over a raster window: device, band passes, tiles, blending, atomic output.
 
 The engine owns device, dtype/autocast, channels_last, optional torch.compile
 and batching; models own their padding and internal upsampling. Any
@@ -156,7 +156,7 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
     Cancellation is checked before every pass of every batch.
     """
     sample = statistics_sample(model, tiles)
-    total = (len(sample) + len(tiles)) * len(passes)
+    total = tile_passes(len(tiles), len(passes), has_group_norm(model))
     done = 0
 
     def reach(value: int) -> None:
@@ -243,14 +243,15 @@ def _forward(model: nn.Module, lr: np.ndarray, device: torch.device,
 
 
 def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,
-                        device: str = "cpu") -> np.ndarray:
-    """Tiled, blended inference on an in-memory [3, H, W] array in [0, 1]; returns [3, H*s, W*s]."""
+                        device: str = "cpu", passes: Sequence[tuple[int, ...]] = RGB_PASS) -> np.ndarray:
+    """Tiled, blended inference on an in-memory [C, H, W] array in [0, 1] (passes as in `infer_tiles`);
+    returns [C, H*s, W*s]."""
     channels, height, width = lr01.shape
     torch_device = torch.device(device)
     model = model.to(torch_device).eval()
     tiles = tile_grid(width, height, tile, overlap)
     read = lambda t: np.ascontiguousarray(lr01[:, t.y:t.y + t.height, t.x:t.x + t.width], dtype=np.float32)
-    outputs = infer_tiles(model, tiles, read, torch_device, batch)
+    outputs = infer_tiles(model, tiles, read, torch_device, batch, passes=passes)
     return blend_in_memory(width, height, tile, overlap, model.scale, channels, outputs)
 
 

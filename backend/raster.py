@@ -450,7 +450,7 @@ def remove_stale_partials(target: str) -> list[str]:
         try:
             path.unlink()
             removed.append(str(path))
-        except FileNotFoundError:
+        except OSError:  # gone already, or another user's: not ours to clean
             pass
     return removed
 

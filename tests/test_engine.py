@@ -162,6 +162,17 @@ def test_tiles_share_the_windows_group_norm_statistics_so_a_tiled_run_equals_a_s
     np.testing.assert_allclose(tiled, single, atol=1e-5)
 
 
+def test_each_band_pass_has_its_own_group_norm_statistics_so_a_tiled_run_equals_a_single_pass():
+    ramp = np.linspace(0.2, 1.0, 192, dtype=np.float32)
+    image = np.stack([smooth_image(1, 128, 192)[0] * ramp, 0.8 - 0.5 * smooth_image(1, 128, 192, seed=3)[0]])
+    image = image.astype(np.float32)
+    model = WindowNormalisedUpscaler(4)
+    tiled = super_resolve_array(model, image, tile=64, overlap=0, passes=((0,), (1,)))
+    for band in range(2):
+        alone = super_resolve_array(model, np.repeat(image[band:band + 1], 3, axis=0), tile=512, overlap=0)
+        np.testing.assert_allclose(tiled[band], alone.mean(axis=0), atol=1e-5)
+
+
 def test_window_statistics_only_where_there_is_something_to_share():
     import torch
 
