@@ -13,6 +13,7 @@ weights. No QGIS import: the steps are plain subprocesses, testable without a GU
 from __future__ import annotations
 
 import collections
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -23,12 +24,15 @@ from .interpreter import CREATE_NO_WINDOW, checkout_root, clean_environment, ven
 
 WHEEL_FOLDER = "wheels"
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
-CHECK_SCRIPT = "import torch, osgeo.gdal, backend.server; print('torch', torch.__version__, 'gdal', osgeo.gdal.__version__)"
+CHECK_SCRIPT = ("import torch, osgeo.gdal, backend.server; "
+                "print('torch', torch.__version__, 'gdal', osgeo.gdal.__version__)")
 FAILED_STEP_LINES_KEPT = 400
+# Where pip names a package it found no release of (after the network hints: no index reachable looks the same).
+NOT_FOUND = re.compile(r"No matching distribution found for (\S+)")
 NETWORK_SETTINGS = "QGIS's network settings (Settings > Options > Network)"
 # pip's and Python's words for failures a user can act on, most specific first,
 # each with what to check.
-FAILURE_HINTS: list[tuple[tuple[str, ...], str]] = [
+NETWORK_FAILURES: list[tuple[tuple[str, ...], str]] = [
     (("ProxyError", "Tunnel connection failed", "407 Proxy Authentication"),
      "pip could not get through the proxy: check the proxy host, port, user and password in " + NETWORK_SETTINGS),
     (("SSLError", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
@@ -39,14 +43,13 @@ FAILURE_HINTS: list[tuple[tuple[str, ...], str]] = [
       "Temporary failure in name resolution", "Max retries exceeded", "Network is unreachable"),
      "pip could not reach the package index: check the internet connection, and if this network needs a "
      "proxy, set it in " + NETWORK_SETTINGS),
+]
+OTHER_FAILURES: list[tuple[tuple[str, ...], str]] = [
     (("No space left on device",),
      "the disk is full: free some space in the QGIS profile folder's drive (PyTorch needs about 1 GB "
      "unpacked, the CUDA build several GB)"),
     (("ensurepip is not available", "No module named ensurepip"),
      "this Python cannot make environments with pip; on Debian or Ubuntu install the package python3-venv"),
-    (("No matching distribution found for torch", "from versions: none"),
-     "pip found no PyTorch build for this Python and platform: check the Python version, or set another "
-     "requirement under 'PyTorch for set-up' in the settings"),
     (("No module named 'osgeo'",),
      "the environment has no GDAL Python bindings (osgeo): it must be made from QGIS's own Python; choose "
      "that interpreter in the set-up dialog"),
@@ -108,10 +111,18 @@ def setup_steps(base_python: str, venv_dir: Path, package: str, torch_args: Sequ
 def explain_failure(lines: Sequence[str]) -> str:
     """What a failed step's output means for the user ("" when it says nothing we recognise)."""
     text = "\n".join(lines)
-    for needles, hint in FAILURE_HINTS:
-        if any(needle in text for needle in needles):
-            return hint
-    return ""
+    network = _first_hint(NETWORK_FAILURES, text)
+    if network:
+        return network
+    missing = NOT_FOUND.search(text)
+    if missing:
+        return (f"pip found no release of {missing.group(1)} for this Python and platform; for PyTorch, "
+                "set another requirement under 'PyTorch for set-up' in the settings")
+    return _first_hint(OTHER_FAILURES, text)
+
+
+def _first_hint(hints: list[tuple[tuple[str, ...], str]], text: str) -> str:
+    return next((hint for needles, hint in hints if any(needle in text for needle in needles)), "")
 
 
 def run_steps(steps: list[Step], log: Callable[[str], None], environ: Mapping[str, str], cwd: str,

@@ -1,4 +1,4 @@
-"""What first-run set-up will download, from where, through which proxy, and about how big: decided before anything starts.
+"""What first-run set-up will download, from where, through which proxy and about how big, decided before it starts.
 
 On ordinary Linux, `pip install torch` from PyPI gets the CUDA build (some
 2.7 GB in about 30 packages); most QGIS users have no NVIDIA GPU and need only
@@ -48,7 +48,8 @@ class Proxy:
         """For pip's --proxy (passed as PIP_PROXY, so the password never shows in a command line or log)."""
         credentials = ""
         if self.user:
-            credentials = quote(self.user, safe="") + (":" + quote(self.password, safe="") if self.password else "") + "@"
+            password = ":" + quote(self.password, safe="") if self.password else ""
+            credentials = quote(self.user, safe="") + password + "@"
         return f"{self.scheme}://{credentials}{self.host}:{self.port}"
 
     def shown(self) -> str:
@@ -88,7 +89,8 @@ def nvidia_gpus(which: Callable[[str], Optional[str]] = shutil.which,
     if done.returncode != 0:
         return []
     lines = done.stdout.decode("utf-8", errors="replace").splitlines()
-    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in lines if line.startswith("GPU ") and ":" in line]
+    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in lines
+            if line.startswith("GPU ") and ":" in line]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from slimdiffsr_qgis.interpreter import (CREATE_NO_WINDOW, InterpreterNotFound, 
 
 PLUGIN_IN_CHECKOUT = Path(__file__).resolve().parent.parent / "slimdiffsr_qgis"
 # QGIS on Debian run by a user whose PATH starts with pyenv: sys.executable is the shim.
-DEBIAN = QgisPython("/home/u/.pyenv/shims/python3", "/usr", (3, 11), "/usr", False, "/usr/lib/python3/dist-packages/osgeo")
+DEBIAN = QgisPython("/home/u/.pyenv/shims/python3", "/usr", (3, 11), "/usr", False,
+                    "/usr/lib/python3/dist-packages/osgeo")
 OSGEO4W = QgisPython("C:/OSGeo4W/bin/qgis-bin.exe", "C:/OSGeo4W/apps/Python312", (3, 12), "C:/OSGeo4W/apps/qgis",
                      True)
 STANDALONE = QgisPython("C:/Program Files/QGIS 3.34.4/bin/qgis-bin.exe", "C:/Program Files/QGIS 3.34.4/apps/Python312",
@@ -139,6 +140,9 @@ def test_pip_failures_are_explained_in_words_with_what_to_check():
     offline = ["Could not fetch URL https://example.invalid/simple/torch/: There was a problem confirming the ssl"]
     assert "could not reach the package index" in explain_failure(offline)
     assert "python3-venv" in explain_failure(["Error: ensurepip is not available"])
+    conflict = ["ERROR: Could not find a version that satisfies the requirement setuptools>=77.0.3 (from torch) "
+                "(from versions: none)", "ERROR: No matching distribution found for setuptools>=77.0.3"]
+    assert "no release of setuptools>=77.0.3" in explain_failure(conflict)
     assert "GDAL" in explain_failure(["ModuleNotFoundError: No module named 'osgeo'"])
     assert explain_failure(["something else entirely"]) == ""
 

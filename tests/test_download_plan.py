@@ -1,4 +1,4 @@
-"""What first-run set-up says it will download: the CPU build by default, CUDA only for a detected NVIDIA GPU when ticked."""
+"""What set-up says it will download: the CPU build by default, CUDA only for a detected NVIDIA GPU when ticked."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def test_cuda_is_not_offered_where_pypi_has_no_cuda_build():
 def test_torch_already_in_qgis_python_is_not_downloaded_and_a_custom_requirement_is_used_verbatim():
     present = download_plan([], use_cuda=False, system="Linux", torch_installed="2.13.0")
     assert present.torch_args == [] and "not downloaded again" in present.summary()
-    custom = download_plan([], False, "Linux", None, custom_requirement="torch==2.13.0 --index-url https://example.invalid/cu")
+    custom = download_plan([], False, "Linux", None,
+                           custom_requirement="torch==2.13.0 --index-url https://example.invalid/cu")
     assert custom.build == "custom" and custom.download_bytes is None
     assert custom.torch_args == ["torch==2.13.0", "--index-url", "https://example.invalid/cu"]
     assert "size unknown" in custom.summary()
@@ -79,5 +80,6 @@ def test_qgis_proxy_settings_reach_pip_through_its_environment_without_showing_t
     assert plan.pip_environment() == {"PIP_PROXY": "http://ana:p%40ss%3Aword@proxy.example.invalid:3128"}
     assert "proxy.example.invalid:3128" in plan.summary() and "p@ss" not in plan.summary()
     assert proxy_from_qgis({"proxy/proxyEnabled": False, "proxy/proxyHost": "h"}) is None
-    assert proxy_from_qgis({"proxy/proxyEnabled": True, "proxy/proxyType": "DefaultProxy", "proxy/proxyHost": "h"}) is None
+    system = {"proxy/proxyEnabled": True, "proxy/proxyType": "DefaultProxy", "proxy/proxyHost": "h"}
+    assert proxy_from_qgis(system) is None
     assert download_plan([], False, "Linux", None).pip_environment() == {}

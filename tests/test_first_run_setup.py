@@ -47,7 +47,8 @@ pytestmark = pytest.mark.skipif(
 
 def python_without_gdal(folder: Path) -> Path:
     """A venv without system site packages (so without GDAL) from a pyenv Python of QGIS's version, else Debian's."""
-    pyenv = sorted(Path("/root/.pyenv/versions").glob(f"{sys.version_info.major}.{sys.version_info.minor}.*/bin/python3"))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pyenv = sorted(Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python3"))
     subprocess.run([str(pyenv[-1] if pyenv else DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(folder)],
                    check=True, timeout=120)
     python = folder / "bin" / "python3"
@@ -245,3 +246,25 @@ def test_the_diagnosis_names_what_the_backend_interpreter_lacks(tmp_path):
         assert not status.ready and status.missing == missing, status.message
     assert "no GDAL Python bindings" in diagnose(backend_launch(str(wrong), tmp_path, False, os.environ,
                                                                 str(profile))).message
+
+
+def test_the_dialog_lists_each_refused_candidate_offers_a_chooser_and_weighs_cpu_against_cuda(qgis_app, tmp_path):
+    wrong = python_without_gdal(tmp_path / "nogdal")
+    qgis = QgisPython(str(wrong), str(wrong.parent.parent), (sys.version_info.major, sys.version_info.minor),
+                      str(tmp_path / "no-qgis-here"), False, str(Path(osgeo.__file__).parent))
+    context = SetupContext(qgis=qgis, venv_dir=tmp_path / "venv", package="unused", system="Linux",
+                           gpus=["NVIDIA GeForce RTX 3090"], custom_requirement="", proxy=None,
+                           environ=dict(os.environ), cwd=str(tmp_path), verify=lambda python: pytest.fail("not run"))
+    dialog = SetupDialog(context, lambda python: pytest.fail("not run"))
+    refused = dialog.interpreter_label.text()
+    assert "QGIS's own Python was not found" in refused and f"{wrong}: it has no GDAL Python bindings" in refused
+    assert not dialog.start_button.isEnabled(), "nothing is created on a Python without GDAL"
+
+    dialog.interpreter_widget.setFilePath(str(DEBIAN_PYTHON))
+    assert dialog.interpreter_label.text().startswith(f"Using {DEBIAN_PYTHON} (GDAL ")
+    assert dialog.start_button.isEnabled()
+    assert "CPU build" in dialog.plan_label.text() and not dialog.cuda_box.isHidden()
+    assert "RTX 3090" in dialog.cuda_box.text() and "GiB" in dialog.cuda_box.text() and "MiB" in dialog.cuda_box.text()
+    dialog.cuda_box.setChecked(True)
+    assert "CUDA build for NVIDIA GeForce RTX 3090" in dialog.plan_label.text()
+    assert dialog.plan().torch_args == ["torch==2.13.0"]

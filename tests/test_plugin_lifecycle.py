@@ -14,11 +14,12 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QDockWidget
 
-from plugin_fixtures import REPO, extract_into_profile, plugin_zip
+from plugin_fixtures import REPO, extract_into_profile, plugin_zip, wait_until
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from slimdiffsr_qgis import classFactory
 
 BACKEND_THREADS = {"slimdiffsr-events", "slimdiffsr-stderr"}
+CHECK_BOUND_S = 120.0
 REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
                      "repository", "tracker", "homepage", "tags", "category", "icon", "hasProcessingProvider",
                      "qgisMaximumVersion")
@@ -51,6 +52,10 @@ def test_class_factory_adds_dock_menu_and_provider_and_unload_removes_all(qgis_i
     assert registry.providerById("slimdiffsr") is not None
     assert registry.algorithmById("slimdiffsr:superresolve") is not None
     assert docks(real_docking) == [plugin.dock] and plugin.dock.isVisibleTo(real_docking)
+    assert not plugin.dock.setup_box.isHidden(), "the Backend box shows until the backend answers a ping"
+    wait_until(lambda: plugin.backend_status is not None, CHECK_BOUND_S, "the backend check")
+    assert plugin.backend_status.ready, plugin.backend_status.message
+    assert plugin.dock.setup_box.isHidden(), "the checkout's venv answers: no set-up offered"
     menu_calls = qgis_iface.addPluginToRasterMenu.call_args_list
     assert menu_calls and menu_calls[-1].args == ("&SlimDiffSR", plugin.action)
     assert plugin.client().ping()["event"] == "pong"
@@ -116,6 +121,10 @@ def test_the_zip_in_a_fresh_profile_is_found_and_started_by_qgis_plugin_loader(q
         assert Path(icon).parent == plugins / "slimdiffsr_qgis" / "resources" / "icons"
         assert not plugin.action.icon().isNull()
         assert not plugin.dock.setup_box.isHidden(), "a fresh profile has no backend yet: set-up is offered"
+        wait_until(lambda: plugin.backend_status is not None, CHECK_BOUND_S, "the backend check")
+        assert not plugin.backend_status.ready and not plugin.dock.setup_box.isHidden()
+        assert plugin.backend_status.missing == "torch", "QGIS's own Python has GDAL but no PyTorch"
+        assert "no PyTorch" in plugin.dock.status_label.text()
         assert qgis.utils.unloadPlugin("slimdiffsr_qgis")
         assert QgsApplication.processingRegistry().providerById("slimdiffsr") is None
         assert docks(real_docking) == []
