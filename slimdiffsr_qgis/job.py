@@ -2,7 +2,7 @@
 
 Runs on a worker thread and touches no QGIS object: it gets a checked
 RunRequest, reports through plain callbacks, and leaves the result file ready
-to load (overviews built, band names copied). Only what happens to that file
+to load (overviews built). Only what happens to that file
 afterwards differs: the dock adds it to the project, Processing returns it.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 from .client import BackendClient, BackendError, cuda_notice
 from .contract import KIND_BAD_INPUT, KIND_CANCELLED, KIND_INTERNAL, BadInput, RunRequest
 from .plan_check import NotEnoughDisk, check_disk, describe_progress
-from .result_layer import build_overviews, copy_band_labels
+from .result_layer import build_overviews
 from .shipped_weights import check_weights, shipped_scales
 
 # progress(percent, text): percent None means "busy, no fraction known yet".
@@ -82,6 +82,5 @@ class Job:
 
         result = self.client.run(request, progress=progress, is_cancelled=is_cancelled)
         on_progress(100.0, "Building overviews...")
-        copy_band_labels(request.input, result["output"], request.bands)
         overviews = build_overviews(result["output"])
         return JobOutcome(plan, result, overviews, cuda_notice(self.client.hello, request.device))

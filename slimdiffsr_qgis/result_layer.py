@@ -1,7 +1,8 @@
-"""Finish a result file and give it its input's look: overviews, band labels, renderer, a place in the project.
+"""Finish a result file and give it its input's look: overviews, renderer, a place in the project.
 
-File work (overviews, band labels) is plain GDAL and runs on the job's worker
-thread; renderer and project work touch QGIS objects and run on the main thread.
+Overviews are plain GDAL file work and run on the job's worker thread; renderer
+and project work touch QGIS objects and run on the main thread. Band names and
+colour interpretation come with the file: the backend copies them from the input.
 """
 
 from __future__ import annotations
@@ -43,25 +44,6 @@ def build_overviews(path: str) -> int:
     band = None
     dataset = None
     return levels
-
-
-def copy_band_labels(input_path: str, output_path: str, bands: Optional[Sequence[int]]) -> None:
-    """Give each output band the description and colour interpretation of the input band it came from.
-
-    QGIS names bands in legends and renderer menus after these ("Band 1: Red"); the
-    GeoTIFF writer would otherwise call a uint16 triplet "Gray".
-    """
-    source = gdal.OpenEx(input_path, gdal.OF_RASTER)
-    target = gdal.OpenEx(output_path, gdal.OF_RASTER | gdal.OF_UPDATE)
-    if source is None or target is None:
-        raise OSError(f"cannot open {input_path} and {output_path} to copy band names")
-    for input_band, output_band in band_map(bands, target.RasterCount).items():
-        read, write = source.GetRasterBand(input_band), target.GetRasterBand(output_band)
-        write.SetDescription(read.GetDescription())
-        write.SetColorInterpretation(read.GetColorInterpretation())
-        read = write = None
-    target.FlushCache()
-    source = target = None
 
 
 def band_map(bands: Optional[Sequence[int]], output_bands: int) -> dict[int, int]:
