@@ -19,6 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Back-projection steps of the `consistency` option: measured on the validation blocks, 3 steps bring the
+# reduced output within 0.3 % of the input's range (0.5-6.7 % before), and more steps change little.
+BACK_PROJECTION_STEPS = 3
 # Sub-pixel refinement of the correlation peak: the shift is found to 1/SHIFT_UPSAMPLING of an LR pixel.
 SHIFT_UPSAMPLING = 50
 RANGE_PERCENTILES = (2.0, 98.0)
@@ -64,9 +67,24 @@ def reduce_to_input_grid(hr: np.ndarray, scale: int) -> np.ndarray:
     if height % scale or width % scale:
         raise ValueError(f"output size {width} x {height} is not a multiple of the scale {scale}")
     tensor = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None]
-    reduced = F.interpolate(tensor, size=(height // scale, width // scale), mode="bicubic", align_corners=False,
-                            antialias=True)
-    return reduced[0].numpy()
+    return reduce(tensor, (height // scale, width // scale))[0].numpy()
+
+
+def reduce(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, *size]: the antialiased bicubic reduction that makes clean training LR."""
+    return F.interpolate(hr, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def back_project(hr: torch.Tensor, lr: torch.Tensor, scale: int, steps: int = BACK_PROJECTION_STEPS) -> torch.Tensor:
+    """Make `hr` [B, C, H, W] reduce back to `lr` [B, C, H/s, W/s]: iterative back-projection (Irani & Peleg).
+
+    Each step adds the bicubic upsampling of what the reduced output still misses of the input, so the
+    output keeps its synthesised detail where the input cannot see it and takes the input's values at the
+    input's scale. Every step is local (a few input pixels), so tiles stay seamless under overlap blending.
+    """
+    for _ in range(steps):
+        hr = hr + F.interpolate(lr - reduce(hr, lr.shape[-2:]), size=hr.shape[-2:], mode="bicubic", align_corners=False)
+    return hr
 
 
 def consistency_figures(lr: np.ndarray, hr: np.ndarray, scale: int,

@@ -7,7 +7,7 @@ import pytest
 from osgeo import gdal
 import torch
 
-from backend.consistency import consistency_figures, phase_shift, reduce_to_input_grid
+from backend.consistency import back_project, consistency_figures, phase_shift, reduce_to_input_grid
 from backend.resources import sample_raster_path
 
 
@@ -74,3 +74,13 @@ def test_phase_shift_of_an_integer_circular_shift_is_exact():
     rng = np.random.default_rng(0)
     image = rng.standard_normal((64, 80))
     assert phase_shift(image, np.roll(image, (3, -5), axis=(0, 1))) == pytest.approx((-5.0, 3.0), abs=0.05)
+
+
+def test_back_projection_makes_an_inconsistent_output_reduce_to_its_input(sample_hr):
+    lr = reduce_to_input_grid(sample_hr, 4) / 10000
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(sample_hr / 10000)[None], 5, 1, 2)
+    before = consistency_figures(lr, blurred[0].numpy(), 4)
+    corrected = back_project(blurred, torch.from_numpy(lr)[None], 4)
+    after = consistency_figures(lr, corrected[0].numpy(), 4)
+    assert before.mean_abs_difference_fraction > 0.01
+    assert after.mean_abs_difference_fraction < 0.1 * before.mean_abs_difference_fraction
