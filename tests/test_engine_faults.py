@@ -140,11 +140,13 @@ def test_a_four_band_uint16_raster_keeps_its_four_bands_and_their_colours(engine
     assert (result.bands, result.passes) == (4, 2)
 
 
-def test_selected_bands_are_written_in_the_order_asked(engine, weights, tmp_path):
+@pytest.mark.parametrize("bands,rgb,passes", [((4, 2), None, "4;2"), ((4, 3, 2, 1), (4, 3, 2), "4,3,2;1")])
+def test_selected_bands_are_written_in_the_order_asked(engine, weights, tmp_path, bands, rgb, passes):
     src = write_case(tmp_path / "s2.tif", InputCase(np.uint16, 4, "nodata"))
     out = tmp_path / "out.tif"
-    engine.run(RunRequest(input=src, output=str(out), weights=weights, bands=(4, 2)))
-    check_output(src, str(out), bands=(4, 2))
+    engine.run(RunRequest(input=src, output=str(out), weights=weights, bands=bands, rgb=rgb))
+    check_output(src, str(out), bands=bands)
+    assert read_raster(str(out))[4]["SLIMDIFFSR_PASSES"] == passes
 
 
 def test_progress_total_is_the_plans_step_count(engine, weights, tmp_path):
