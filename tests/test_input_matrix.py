@@ -10,7 +10,6 @@ case is cut into several; the CLI and server legs use the default tiling users g
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 from pathlib import Path
