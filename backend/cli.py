@@ -1,7 +1,9 @@
 """The `slimdiffsr` command: run, serve, info and bench, without QGIS.
 
-Exit codes: 0 success, 2 bad input (the message says what to change),
-1 internal error, 130 cancelled (Ctrl-C; the partial output is removed).
+Exit codes: 0 success, 2 bad input (the message says what to change, including
+files that cannot be read or written), 1 internal error (a bug: -v shows the
+traceback), 130 cancelled by Ctrl-C and 143 by SIGTERM (either way the partial
+output is removed).
 """
 
 from __future__ import annotations
@@ -12,12 +14,47 @@ import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Optional, Sequence
 
 from slimdiffsr_qgis.contract import BadInput, Cancelled, SlimDiffSRError
-from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
+from slimdiffsr_qgis.contract import DEVICES, SUPPORTED_SCALES, RunRequest, human_size
 
 log = logging.getLogger("slimdiffsr")
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM outside a run's tile loop (imports, model loading): unwind at once.
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Signals:
+    """SIGINT and SIGTERM as a cancel: inside a run they ask the engine to stop between tiles (it removes
+    its partial output); outside one, or when repeated, they unwind at once."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.in_run = False
+
+    def install(self) -> None:
+        for signum in CANCEL_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if not (self.in_run and first):
+            raise Interrupted(self.received)
+
+    def should_cancel(self) -> bool:
+        return self.received is not None
 
 
 def _numbers(text: str, kind: type, count: Optional[int], what: str) -> tuple:
@@ -30,13 +67,22 @@ def _numbers(text: str, kind: type, count: Optional[int], what: str) -> tuple:
     return values
 
 
+def _bands(text: str) -> Optional[tuple]:
+    return None if text.strip().lower() == "all" else _numbers(text, int, None, "--bands")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public so the README and tests can show its help)."""
     parser = argparse.ArgumentParser(prog="slimdiffsr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    # -v is accepted after the subcommand too (every error message suggests it); SUPPRESS keeps a
+    # subcommand from resetting a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="super-resolve rasters into georeferenced GeoTIFFs",
+    run = commands.add_parser("run", parents=[verbose], help="super-resolve rasters into georeferenced GeoTIFFs",
                               description="slimdiffsr run IN OUT, or slimdiffsr run IN [IN ...] --out-dir DIR")
     run.add_argument("paths", nargs="+", help="IN OUT, or several inputs with --out-dir")
     run.add_argument("--out-dir", help="write <input>_x<scale>.tif for every input into this folder")
@@ -44,36 +90,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--extent", type=lambda t: _numbers(t, float, 4, "--extent"),
                      help="xmin,ymin,xmax,ymax in map units (default: whole raster)")
     run.add_argument("--extent-crs", help="CRS of --extent, e.g. EPSG:4326 (default: the raster's CRS)")
-    run.add_argument("--bands", type=lambda t: _numbers(t, int, None, "--bands"),
-                     help="1-based bands feeding the model, e.g. 4,3,2 (default 1,2,3; a 1-band raster is replicated)")
+    run.add_argument("--bands", type=_bands, default=None,
+                     help="input bands written to the output, in this order, e.g. 4,3,2,8; "
+                          "'all' (the default) writes every band of the input")
+    run.add_argument("--rgb", type=lambda t: _numbers(t, int, 3, "--rgb"),
+                     help="the colour triplet among the written bands, e.g. 4,3,2: these three go through the "
+                          "model together; every other band goes through it alone (default: the bands marked "
+                          "red, green and blue, else 1,2,3 of a 3- or 4-band raster)")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--weights", help="student weights (.safetensors); default: the shipped weights")
     source.add_argument("--model", choices=["bicubic"], help="bicubic: the classical baseline, not super-resolution")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--tile", type=int, default=256, help="tile size in input pixels")
     run.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels")
     run.add_argument("--normalisation", help="fixed:LO,HI or percentile:PLO,PHI (default: the weights' own)")
     run.add_argument("--float32", action="store_true", help="write float32 instead of the input's data type")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    info = commands.add_parser("info", help="describe a weights file, or this machine's set-up")
+    info = commands.add_parser("info", parents=[verbose], help="describe a weights file, or this machine's set-up")
     info.add_argument("weights", nargs="?", help="a .safetensors weights file")
 
-    commands.add_parser("serve", help="the backend process: JSON lines on stdin/stdout (used by the QGIS plugin)")
+    commands.add_parser("serve", parents=[verbose],
+                        help="the backend process: JSON lines on stdin/stdout (used by the QGIS plugin)")
 
-    bench = commands.add_parser("bench", help="time the model on this machine: seconds per 512x512 output")
+    bench = commands.add_parser("bench", parents=[verbose],
+                                help="time the model on this machine: seconds per 512x512 output")
     bench_source = bench.add_mutually_exclusive_group()
     bench_source.add_argument("--weights")
     bench_source.add_argument("--model", choices=["bicubic"])
     bench.add_argument("--scale", type=int, default=4, choices=SUPPORTED_SCALES)
-    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--device", default="auto", choices=DEVICES)
     bench.add_argument("--repeats", type=int, default=3)
     return parser
 
 
 def _requests(args: argparse.Namespace) -> list[RunRequest]:
     common = dict(scale=args.scale, extent=args.extent, extent_crs=args.extent_crs, bands=args.bands,
-                  weights=args.weights, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
+                  rgb=args.rgb, weights=args.weights, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
                   normalisation=args.normalisation, output_dtype="float32" if args.float32 else "same",
                   overwrite=args.overwrite)
     if args.out_dir:
@@ -114,8 +167,8 @@ class _Progress:
             self.bar.close()
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .engine import Engine, human_size
+def _run(args: argparse.Namespace, signals: Signals) -> int:
+    from .engine import Engine
 
     requests = _requests(args)
     engine = Engine()
@@ -123,16 +176,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.model == "bicubic":
         print("note: --model bicubic is the classical baseline (interpolation), not super-resolution",
               file=sys.stderr)
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     for request, plan in zip(requests, plans):
         print(f"{request.input} -> {request.output}: {plan.width} x {plan.height} px, {plan.bands} band(s) "
               f"{plan.dtype}, up to {human_size(plan.output_bytes)} ({human_size(plan.free_bytes)} free), "
-              f"{plan.tiles} tile(s)", file=sys.stderr, flush=True)
+              f"{plan.tiles} tile(s), {plan.passes} model pass(es) per tile", file=sys.stderr, flush=True)
         progress = _Progress(Path(request.input).name)
+        signals.in_run = True
         try:
-            result = engine.run(request, progress, lambda: bool(interrupted))
+            result = engine.run(request, progress, signals.should_cancel)
         finally:
+            signals.in_run = False
             progress.close()
         print(f"wrote {result.output} in {result.seconds:.1f} s on {result.device}", file=sys.stderr)
     return 0
@@ -187,19 +240,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="slimdiffsr: %(message)s")
+    signals = Signals()
     try:
+        if args.command == "serve":  # the server keeps the default signals: its client stops it through stdin
+            from .server import main as serve
+
+            return serve()
+        signals.install()
         if args.command == "run":
-            return _run(args)
+            return _run(args, signals)
         if args.command == "info":
             return _info(args)
-        if args.command == "bench":
-            return _bench(args)
-        from .server import main as serve
-
-        return serve()
-    except Cancelled:
+        return _bench(args)
+    except (Cancelled, Interrupted, KeyboardInterrupt) as error:
+        signum = getattr(error, "signum", None) or signals.received or signal.SIGINT
         print("slimdiffsr: cancelled; no output was left behind", file=sys.stderr)
-        return Cancelled.exit_code
+        return 128 + signum
     except SlimDiffSRError as error:
         print(f"slimdiffsr: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -110,7 +110,8 @@ class Server:
         self._closing = False
         self._out_gone = False
         self._finished = threading.Event()
-        self._seconds_per_pass: dict[tuple[Any, ...], float] = {}
+        # Seconds per model pass over one tile, by model and tile size: a plan's time estimate.
+        self._seconds_per_step: dict[tuple[Any, ...], float] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         """Write one event as one line; safe from any thread. A client that is gone ends the session."""
@@ -287,9 +288,8 @@ class Server:
 
     def _plan(self, request: RunRequest) -> dict[str, Any]:
         plan = self._engine.plan(request)
-        per_pass = self._seconds_per_pass.get(_timing_key(request))
-        passes = plan.tiles * getattr(plan, "passes", 1)
-        return {**asdict(plan), "seconds_estimate": None if per_pass is None else per_pass * passes}
+        per_step = self._seconds_per_step.get(_timing_key(request))
+        return {**asdict(plan), "seconds_estimate": None if per_step is None else per_step * plan.steps}
 
     def _run(self, job: Job) -> dict[str, Any]:
         def progress(done: int, total: int) -> None:
@@ -298,9 +298,8 @@ class Server:
         if job.cancelled.is_set():
             raise Cancelled("cancelled before it started")
         result = self._engine.run(job.request, progress=progress, should_cancel=job.cancelled.is_set)
-        passes = result.tiles * getattr(result, "passes", 1)
-        if passes:
-            self._seconds_per_pass[_timing_key(job.request)] = result.seconds / passes
+        if result.steps:
+            self._seconds_per_step[_timing_key(job.request)] = result.seconds / result.steps
         return asdict(result)
 
     def _send_error(self, rid: Any, error: BaseException) -> None:
