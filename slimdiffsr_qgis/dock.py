@@ -60,6 +60,7 @@ class SuperResolveDock(QDockWidget):
         self._input_layer_id = ""
         self._input_name = ""
         self._result_number = 1
+        self._plan_line = ""
         self._restart_after_run = False
         self._extent_tool = QgsMapToolExtent(iface.mapCanvas())
         self._extent_tool.extentChanged.connect(self._on_rectangle_drawn)
@@ -313,6 +314,7 @@ class SuperResolveDock(QDockWidget):
         self.task.planned.connect(self._on_planned)
         self.task.progressed.connect(self._on_progress)
         self._set_running(True)
+        self._plan_line = ""
         self._on_progress(None, "Estimating..." if plan_only else "Starting...")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
@@ -337,11 +339,13 @@ class SuperResolveDock(QDockWidget):
             self.progress_bar.setValue(int(percent))
 
     def _on_planned(self, plan: dict[str, Any]) -> None:
-        self.show_status(sentence(describe_plan(plan)))
+        self._plan_line = sentence(describe_plan(plan))
+        self.show_status(self._plan_line)
 
     def _on_progress(self, percent: Optional[float], text: str) -> None:
+        """The progress line, with the estimate under it so the run is read against what was announced."""
         self._show_progress(percent)
-        self.show_status(sentence(text))
+        self.show_status(sentence(text) + (f"\n{self._plan_line}" if self._plan_line else ""))
 
     def _on_finished(self, task: SuperResolveTask) -> None:
         self.task = None

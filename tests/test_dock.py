@@ -309,3 +309,21 @@ def test_a_scale_without_shipped_weights_names_the_weights_box(qgis_iface, dock,
     wait_until(lambda: dock.task is None, BOUND, "the refused run")
     text = dock.status_label.text()
     assert "no weights for x8 yet" in text and "the Weights box" in text and "--weights" not in text
+
+
+def test_a_one_tile_run_shows_a_busy_bar_until_its_tile_and_counts_what_the_estimate_counted(qgis_iface, dock,
+                                                                                             tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "one.tif", 12, 10), "one")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    seen: list = []
+    plans: list = []
+    dock.run_button.click()
+    dock.task.progressed.connect(lambda percent, text: seen.append((percent, text)))
+    dock.task.planned.connect(plans.append)
+    wait_until(lambda: dock.task is None, BOUND, "the run")
+    assert dock.last_layer is not None, dock.status_label.text()
+    first_tile = next(index for index, (percent, _) in enumerate(seen) if percent is not None)
+    assert first_tile > 0 and all(percent is None for percent, _ in seen[:first_tile]), "busy until the first tile"
+    counted = [text for _, text in seen if text.startswith("tile pass")]
+    assert plans[0]["tiles"] == 1 and counted[-1] == f"tile pass {plans[0]['steps']} of {plans[0]['steps']}"
