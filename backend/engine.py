@@ -27,6 +27,8 @@ from slimdiffsr_qgis.contract import BadInput, Cancelled, RunRequest, human_size
 
 from . import __version__
 from .bands import plan_passes
+from .check import figures_of
+from .consistency import back_project
 from .models.bicubic import BicubicUpscaler
 from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
 from .models.weights import file_sha256
@@ -93,6 +95,8 @@ class RunResult:
     tiles: int
     passes: int
     steps: int
+    consistency: dict[str, str]
+    """The output's consistency figures as recorded in its metadata (SLIMDIFFSR_CONSISTENCY_*)."""
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -139,7 +143,8 @@ def _autocast(device: torch.device):
 
 def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
                 batch: int, should_cancel: Optional[ShouldCancel] = None, progress: Optional[Progress] = None,
-                passes: Sequence[tuple[int, ...]] = RGB_PASS) -> Iterator[tuple[Tile, np.ndarray]]:
+                passes: Sequence[tuple[int, ...]] = RGB_PASS,
+                consistency: bool = False) -> Iterator[tuple[Tile, np.ndarray]]:
     """Run `model` over tiles in batches, yielding each tile's HR output [C, h*s, w*s] as float32.
 
     read(tile) gives the tile's model input [C, h, w] in [0, 1]. Each pass feeds the
@@ -153,7 +158,8 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
     Each pass has its own statistics, since each feeds the model different content.
     progress(done, total) counts tile passes, the statistics passes included, so a bar moves
     from the start; a batch's last pass counts once the caller has taken its tiles.
-    Cancellation is checked before every pass of every batch.
+    Cancellation is checked before every pass of every batch. With `consistency`, each
+    tile's output is back-projected toward its input (`backend.consistency.back_project`).
     """
     sample = statistics_sample(model, tiles)
     total = tile_passes(len(tiles), len(passes), has_group_norm(model))
@@ -176,7 +182,12 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
         hr: Optional[np.ndarray] = None
         for index, (channels, shared) in enumerate(zip(passes, statistics)):
             _check_cancel(should_cancel)
-            output = _forward(model, model_input(lr, channels), device, shared).float().cpu().numpy()
+            inputs = model_input(lr, channels)
+            output = _forward(model, inputs, device, shared).float()
+            if consistency:
+                output = back_project(output, torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device),
+                                      model.scale)
+            output = output.cpu().numpy()
             if hr is None:
                 hr = np.empty((len(chunk), lr.shape[1]) + output.shape[2:], dtype=np.float32)
             hr[:, list(channels)] = output if len(channels) == 3 else output.mean(axis=1, keepdims=True)
@@ -243,7 +254,8 @@ def _forward(model: nn.Module, lr: np.ndarray, device: torch.device,
 
 
 def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,
-                        device: str = "cpu", passes: Sequence[tuple[int, ...]] = RGB_PASS) -> np.ndarray:
+                        device: str = "cpu", passes: Sequence[tuple[int, ...]] = RGB_PASS,
+                        consistency: bool = False) -> np.ndarray:
     """Tiled, blended inference on an in-memory [C, H, W] array in [0, 1] (passes as in `infer_tiles`);
     returns [C, H*s, W*s]."""
     channels, height, width = lr01.shape
@@ -251,7 +263,7 @@ def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: 
     model = model.to(torch_device).eval()
     tiles = tile_grid(width, height, tile, overlap)
     read = lambda t: np.ascontiguousarray(lr01[:, t.y:t.y + t.height, t.x:t.x + t.width], dtype=np.float32)
-    outputs = infer_tiles(model, tiles, read, torch_device, batch, passes=passes)
+    outputs = infer_tiles(model, tiles, read, torch_device, batch, passes=passes, consistency=consistency)
     return blend_in_memory(width, height, tile, overlap, model.scale, channels, outputs)
 
 
@@ -365,11 +377,12 @@ class Engine:
                      "normalisation %s", request.input, plan.window, request.output, plan.width, plan.height,
                      plan.bands, plan.passes, describe_passes(passes), plan.dtype, plan.tiles,
                      normalisation.describe())
-            self._write(request, source, plan, passes, loaded, normalisation, fill, device, progress, should_cancel)
+            figures = self._write(request, source, plan, passes, loaded, normalisation, fill, device, progress,
+                                  should_cancel)
         seconds = time.perf_counter() - started
         log.debug("wrote %s in %.1f s", request.output, seconds)
         return RunResult(request.output, seconds, plan.width, plan.height, plan.bands, str(device), loaded.name,
-                         plan.tiles, plan.passes, plan.steps)
+                         plan.tiles, plan.passes, plan.steps, figures)
 
     def _normalisation(self, request: RunRequest, loaded: LoadedModel, source: SourceRaster,
                        window: Window) -> tuple[Normalisation, np.ndarray]:
@@ -387,7 +400,7 @@ class Engine:
 
     def _write(self, request: RunRequest, source: SourceRaster, plan: RunPlan, passes: list[tuple[int, ...]],
                loaded: LoadedModel, normalisation: Normalisation, fill: np.ndarray, device: torch.device,
-               progress: Optional[Progress], should_cancel: Optional[ShouldCancel]) -> None:
+               progress: Optional[Progress], should_cancel: Optional[ShouldCancel]) -> dict[str, str]:
         window, scale = plan.window, request.scale
         out_dtype = np.dtype(plan.dtype)
         out_bands = source.output_bands(out_dtype)
@@ -411,12 +424,13 @@ class Engine:
             "SLIMDIFFSR_SOURCE_WINDOW": f"{window.x},{window.y},{window.width},{window.height}",
             "SLIMDIFFSR_BANDS": ",".join(map(str, source.band_numbers)),
             "SLIMDIFFSR_PASSES": describe_passes(passes),
+            "SLIMDIFFSR_CONSISTENCY": "back-projected to the input" if request.consistency else "off",
             "SLIMDIFFSR_NOTE": SYNTHESIS_NOTE,
         }
         with OutputRaster(request.output, plan.width, plan.height, out_dtype, source.output_geotransform(window, scale),
                           source.wkt, out_bands, source.needs_mask(out_dtype), metadata) as output:
             tiles = infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel, progress,
-                                channel_passes)
+                                channel_passes, request.consistency)
             for tile, hr in tiles:
                 for block in blender.add(tile, hr):
                     _, h, w = block.values.shape
@@ -429,7 +443,22 @@ class Engine:
                     output.write(block.x, block.y, restored, valid)
                 if tile.column == blender.columns - 1:
                     release_free_memory()
+            figures = _consistency_metadata(source, window, scale, output)
+            output.add_metadata(figures)
             output.commit(request.overwrite)
+        return figures
+
+
+def _consistency_metadata(source: SourceRaster, window: Window, scale: int, output: OutputRaster) -> dict[str, str]:
+    """The written output's consistency figures as metadata items; none when its centre holds no valid pixel."""
+    try:
+        figures = figures_of(source, window, scale, output.read)
+    except ValueError as error:
+        log.info("no consistency figures: %s", error)
+        return {}
+    for line in figures.describe():
+        log.info("consistency: %s", line)
+    return figures.to_metadata()
 
 
 def tile_passes(tiles: int, passes: int, group_norm: bool) -> int:

@@ -360,6 +360,21 @@ class OutputRaster:
         except RuntimeError as error:
             raise self._write_error(error) from None
 
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """[N, height, width] of what has been written so far, from output pixel (x, y)."""
+        try:
+            self.dataset.FlushCache()
+            return self.dataset.ReadAsArray(x, y, width, height).reshape(len(self._bands), height, width)
+        except RuntimeError as error:
+            raise self._write_error(error) from None
+
+    def add_metadata(self, items: dict[str, str]) -> None:
+        """Add items to the file's GDAL metadata (e.g. figures known only once every block is written)."""
+        try:
+            self.dataset.SetMetadata({**self.dataset.GetMetadata(), **items})
+        except RuntimeError as error:
+            raise self._write_error(error) from None
+
     def commit(self, overwrite: bool) -> None:
         """Flush and close the partial file, then move it to the target name.
 

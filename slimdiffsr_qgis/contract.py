@@ -84,6 +84,8 @@ class RunRequest:
         and other types -> 2-98 % percentile stretch), "fixed:LO,HI" or
         "percentile:PLO,PHI".
     tile, overlap: LR pixels.
+    consistency: make the output, reduced to the input grid, reproduce the input
+        (back-projection per tile); the figures are measured and recorded either way.
     """
 
     input: str
@@ -101,6 +103,7 @@ class RunRequest:
     normalisation: Optional[str] = None
     output_dtype: str = "same"
     overwrite: bool = False
+    consistency: bool = False
 
     def __post_init__(self) -> None:
         self.input = _path("input", self.input)
@@ -132,8 +135,9 @@ class RunRequest:
             raise BadInput(f"overlap {self.overlap} must be >= 0 and less than half the tile size ({self.tile})")
         self.normalisation = _optional_text("normalisation", self.normalisation)
         self.output_dtype = _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
-        if not isinstance(self.overwrite, bool):
-            raise BadInput(f"overwrite must be true or false, got {self.overwrite!r}")
+        for name in ("overwrite", "consistency"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadInput(f"{name} must be true or false, got {_show(getattr(self, name))}")
 
     @classmethod
     def from_dict(cls, data: Any) -> "RunRequest":
