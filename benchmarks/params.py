@@ -1,4 +1,5 @@
-"""Parameter counts of the paper preset and its Table 6 ablations, beside the paper's numbers.
+"""Parameter counts of the paper preset and its Table 6 ablations, beside the paper's numbers, and the
+share of the paper student that starts from SD-2.1's UNet (and TAESD's) weights.
 
 Run: .venv/bin/python -m benchmarks.params
 Nothing is allocated: the models are built on the meta device.
@@ -6,8 +7,16 @@ Nothing is allocated: the models are built on the meta device.
 
 from __future__ import annotations
 
-from backend.models import StudentConfig
+from typing import Optional
+
+import diffusers
+import torch
+from torch import nn
+
+from backend.models import StudentConfig, build
 from backend.models.summary import format_table, operator_table, parameter_table
+from training.backbone import SD21_UNET
+from training.distill import init_from_teacher
 
 PAPER_TOTAL = 58.05e6
 ABLATIONS = (
@@ -33,6 +42,16 @@ def sd_time_embedding(config: StudentConfig) -> int:
     """Parameters of SD's timestep MLP (C0 -> 4*C0 -> 4*C0), which a single-step student never runs."""
     width = config.block_channels[0]
     return width * 4 * width + 4 * width + 4 * width * 4 * width + 4 * width
+
+
+def paper_init_fraction(scale: int = 4, taesd: bool = False) -> float:
+    """Fraction of the paper student's parameters that initialisation takes from an SD-2.1-shaped UNet
+    (and a default TAESD), on the meta device: the same mapping training uses, without the weights."""
+    with torch.device("meta"):
+        teacher = diffusers.UNet2DConditionModel(**SD21_UNET)
+        vae: Optional[nn.Module] = diffusers.AutoencoderTiny() if taesd else None
+        student = build(StudentConfig.paper(scale))
+    return init_from_teacher(student, teacher, vae)
 
 
 def main() -> None:
@@ -63,6 +82,9 @@ def main() -> None:
     )
     for label, config in (("tiny x4", StudentConfig.tiny(4)), ("tiny x8", StudentConfig.tiny(8))):
         print(f"{label}: {total(config):,}")
+    print("\nInitialised from pretrained weights (paper preset x4, SD-2.1 UNet shapes):")
+    print(f"  from the SD-2.1 UNet:         {paper_init_fraction():.1%} of the student's parameters")
+    print(f"  from the SD-2.1 UNet + TAESD: {paper_init_fraction(taesd=True):.1%}")
 
 
 if __name__ == "__main__":

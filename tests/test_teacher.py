@@ -77,18 +77,39 @@ def test_backbone_loads_from_a_local_diffusers_folder_and_reads_its_prediction_t
         load_backbone(str(tmp_path / "vae"))
 
 
-def test_discriminator_uses_a_local_dino_folder_or_falls_back_to_patchgan(tmp_path):
+def test_discriminator_starts_from_a_local_dino_folder_and_trains_its_backbone(tmp_path):
     config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                           patch_size=8, image_size=32)
+    torch.manual_seed(0)
     Dinov2Model(config).save_pretrained(tmp_path)
+    saved = Dinov2Model.from_pretrained(tmp_path)
     critic, note = build_discriminator(str(tmp_path), 8)
-    assert isinstance(critic, DinoDiscriminator) and "DINO" in note
-    assert not any(p.requires_grad for p in critic.backbone.parameters())
+    assert isinstance(critic, DinoDiscriminator) and "DINO" in note and "trained" in note
+    for (name, ours), theirs in zip(critic.backbone.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    assert critic.train().backbone.training
     image = torch.rand(2, 3, 40, 40, requires_grad=True)
     critic(image).mean().backward()
     assert image.grad.abs().sum() > 0
+    assert critic.backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+
+
+def test_the_frozen_dino_option_trains_the_heads_only(tmp_path):
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                          patch_size=8, image_size=32)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    critic, note = build_discriminator(str(tmp_path), 8, backbone="frozen")
+    assert "frozen" in note
+    assert not any(p.requires_grad for p in critic.backbone.parameters())
+    assert all(p.requires_grad for p in critic.heads.parameters())
+    assert not critic.train().backbone.training
+    with pytest.raises(BadInput, match="discriminator_backbone"):
+        build_discriminator(str(tmp_path), 8, backbone="half")
+
+
+def test_discriminator_falls_back_to_patchgan_without_a_dino_folder():
     fallback, note = build_discriminator(None, 8)
-    assert isinstance(fallback, PatchDiscriminator) and "fallback" in note
+    assert isinstance(fallback, PatchDiscriminator) and note.startswith("fallback")
 
 
 def test_student_taps_pair_with_an_sd_layout_teacher_whose_deep_levels_are_coarser():

@@ -4,19 +4,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, load, save
 from training import train_student, train_teacher, train_uncertainty
 from training.cli import run_stage
+from training.config import load_config, loop_config, section
 from training.loop import LoopConfig, lr_factor
 from training.records import read_losses
-from training_helpers import FixedPairs, tiny_config
+from training_helpers import TINY_CONFIG, FixedPairs, tiny_config
 
 torch.set_num_threads(1)
 
 STAGES = {"uncertainty": train_uncertainty, "teacher": train_teacher, "student": train_student}
+PAPER_X4 = TINY_CONFIG.with_name("paper_x4.yaml")
 FAST_TEACHER = ("teacher.loop.lr=5.0e-3", "teacher.model.vae_lora_rank=8", "teacher.loop.grad_clip=0")
 
 
@@ -57,6 +60,14 @@ def test_student_stage_overfits_a_fixed_batch_on_the_l1_term(chain, tmp_path):
     last = sum(r["l1"] for r in rows[-5:]) / 5
     assert last <= 0.5 * rows[0]["l1"]
     assert rows[-1]["feature"] > 0 and "mmd" in rows[-1]
+    model = load(tmp_path / "student" / "student.safetensors")
+    assert 0 < float(model.meta["teacher_init_fraction"]) < 1
+    assert "of parameters initialised from the teacher's UNet" in model.meta["training_log"]
+    saved = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["student"]["loop"]["steps"] == 50 and saved["allow_fallbacks"] is True
+    used = saved["pretrained"]["student"]
+    assert used["perceptual"].startswith("fallback") and used["discriminator"].startswith("fallback")
+    assert used["teacher"].endswith("teacher.safetensors")
 
 
 @pytest.mark.parametrize("stage", ["uncertainty", "teacher", "student"])
@@ -76,6 +87,26 @@ def test_a_resumed_run_repeats_the_uninterrupted_loss_curve(chain, tmp_path, sta
         for key in a:
             if key != "minutes":
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_the_paper_config_refuses_fallbacks_unless_asked(tmp_path, capsys):
+    arguments = ["--config", str(PAPER_X4), "--out", str(tmp_path), "--set", "student.preset=tiny"]
+    assert train_student.main(arguments) == 2
+    assert "--allow-fallbacks" in capsys.readouterr().err
+    # Allowed, the stage gets past the fallback check and stops at the next missing input, the teacher.
+    assert train_student.main([*arguments, "--allow-fallbacks"]) == 2
+    assert "run python -m training.train_teacher first" in capsys.readouterr().err
+
+
+def test_adamw_decays_weights_unless_told_otherwise():
+    assert LoopConfig(steps=1, batch_size=1, lr=1.0).weight_decay == 1e-2
+    assert LoopConfig(steps=1, batch_size=1, lr=1.0, optimizer="adam").weight_decay == 0.0
+    assert LoopConfig(steps=1, batch_size=1, lr=1.0, weight_decay="0").weight_decay == 0.0
+    for name in ("paper_x4", "paper_x8"):
+        config = load_config(PAPER_X4.with_name(f"{name}.yaml"))
+        for stage in ("uncertainty", "teacher"):
+            assert loop_config(config, stage).optimizer == "adamw"
+            assert section(section(config, stage), "loop")["weight_decay"] == 1e-2, "stated in the file"
 
 
 def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues(tmp_path):

@@ -1,10 +1,11 @@
-"""The GAN term: a discriminator on a frozen DINO ViT from a local folder, or a PatchGAN fallback, with hinge losses.
+"""The GAN term: a discriminator initialised from a DINO ViT in a local folder, or a PatchGAN fallback, with hinge losses.
 
-DINO route: a transformers ViT/DINOv2 model loaded from a local folder
-(`save_pretrained` layout, safetensors) stays frozen; small trainable conv heads
-read the patch tokens of a few layers and score every patch. Fallback without
-that folder: a spectral-normalised PatchGAN trained from scratch. The run log
-says which one ran.
+DINO route (the paper's): a transformers ViT/DINOv2 model loaded from a local
+folder (`save_pretrained` layout, safetensors) is the discriminator's backbone
+and trains with it; small conv heads read the patch tokens of a few layers and
+score every patch. `backbone="frozen"` keeps the DINO weights fixed and trains
+the heads only (cheaper, and a weaker critic). Fallback without that folder: a
+spectral-normalised PatchGAN trained from scratch. The run log says which one ran.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from slimdiffsr_qgis.contract import BadInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_BACKBONES = ("trained", "frozen")
 
 
 class PatchDiscriminator(nn.Module):
@@ -40,15 +42,17 @@ class PatchDiscriminator(nn.Module):
 
 
 class DinoDiscriminator(nn.Module):
-    """Frozen DINO ViT features of several layers -> trainable per-token heads -> logits."""
+    """DINO ViT features of several layers -> per-token heads -> logits; the ViT trains unless `frozen`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, frozen: bool = False) -> None:
         super().__init__()
         from transformers import AutoModel
 
         self.backbone = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
+        self.frozen = frozen
+        if frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
         config = self.backbone.config
         self.patch = int(config.patch_size)
         self.size = int(config.image_size)
@@ -64,7 +68,8 @@ class DinoDiscriminator(nn.Module):
 
     def train(self, mode: bool = True) -> "DinoDiscriminator":
         super().train(mode)
-        self.backbone.eval()
+        if self.frozen:
+            self.backbone.eval()
         return self
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -79,14 +84,20 @@ class DinoDiscriminator(nn.Module):
         return torch.cat(logits, dim=1)
 
 
-def build_discriminator(dino_folder: Optional[str], fallback_width: int) -> tuple[nn.Module, str]:
-    """DINO discriminator when a local folder is given, else PatchGAN; returns (module, log line)."""
+def build_discriminator(dino_folder: Optional[str], fallback_width: int, backbone: str = "trained") -> tuple[nn.Module, str]:
+    """DINO discriminator when a local folder is given, else PatchGAN; returns (module, log line).
+
+    The log line starts with "fallback" exactly when the PatchGAN stands in for DINO.
+    """
+    if backbone not in DINO_BACKBONES:
+        raise BadInput(f"discriminator_backbone must be one of {', '.join(DINO_BACKBONES)}, not {backbone!r}")
     if not dino_folder:
-        return PatchDiscriminator(fallback_width), "discriminator: DINO weights not given; fallback PatchGAN from scratch"
+        return PatchDiscriminator(fallback_width), "fallback PatchGAN from scratch (no dino_folder given)"
     folder = Path(dino_folder)
     if not (folder / "config.json").is_file():
         raise BadInput(f"{folder} is not a DINO model folder (no config.json); give a transformers save_pretrained folder")
-    return DinoDiscriminator(folder), f"discriminator: DINO ViT from {folder} (frozen) with trainable heads"
+    how = "initialised from it and trained" if backbone == "trained" else "frozen, heads trained"
+    return DinoDiscriminator(folder, frozen=backbone == "frozen"), f"DINO ViT from {folder} ({how})"
 
 
 def discriminator_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 
 from slimdiffsr_qgis.contract import BadInput
 
 TINY_SEED = 1234
+SD21_UNET = dict(
+    sample_size=96, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True, upcast_attention=True,
+)
+"""SD-2.1's UNet config (its unet/config.json minus defaults): lets code that needs only shapes (the
+parameter-count benchmark) build the teacher on the meta device without the pretrained folder."""
 TINY_CROSS_ATTENTION_DIM = 32
 TINY_PROMPT_TOKENS = 4
 
@@ -50,6 +58,14 @@ def load_backbone(source: str, prediction_type: str = "epsilon") -> Backbone:
     if source == "tiny":
         return _tiny_backbone(prediction_type)
     return _folder_backbone(Path(source))
+
+
+def load_taesd(folder: str) -> AutoencoderTiny:
+    """TAESD (diffusers AutoencoderTiny) from a local folder: the student's VAE layers carry its names."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise BadInput(f"{path} is not a diffusers AutoencoderTiny (TAESD) folder: it has no config.json")
+    return AutoencoderTiny.from_pretrained(path, use_safetensors=True, local_files_only=True)
 
 
 def encode_latent(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """What every training entry point does around its stage: arguments, config, processes, data, loop.
 
     python -m training.train_uncertainty --config training/configs/tiny_cpu.yaml [--out DIR]
-        [--max-minutes M] [--device auto|cpu|cuda] [--set section.key=value ...]
+        [--max-minutes M] [--device auto|cpu|cuda] [--set section.key=value ...] [--allow-fallbacks]
 
 Under `torchrun --nproc_per_node N` or `accelerate launch` the same command
 trains data-parallel; rerunning a command continues from its newest checkpoint.
@@ -21,7 +21,7 @@ from slimdiffsr_qgis.contract import SlimDiffSRError
 
 from . import distributed
 from .batches import seeded_batches
-from .config import load_config, loop_config, stage_dir
+from .config import load_config, loop_config, save_run_config, stage_dir
 from .distributed import Processes
 from .inputs import training_dataset
 from .loop import Outcome, Task, seed_everything, train
@@ -37,6 +37,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall-clock time")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides the config's device")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--allow-fallbacks", action="store_true",
+                   help="train with the documented fallbacks where LPIPS or DINO weights are not given "
+                        "(recorded in the run's config.yaml)")
     return p
 
 
@@ -47,6 +50,8 @@ def main(stage: str, build_task: TaskFactory, description: str, argv: Optional[S
         config = load_config(args.config, args.set, args.out)
         if args.device:
             config["device"] = args.device
+        if args.allow_fallbacks:
+            config["allow_fallbacks"] = True
         outcome = run_stage(stage, build_task, config, max_minutes=args.max_minutes)
     except SlimDiffSRError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -63,6 +68,8 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
         loop = loop_config(config, stage)
         seed_everything(loop.seed)  # networks start from the same weights in every run of this config
         task = build_task(config, processes)
+        if processes.is_main:
+            save_run_config(config, stage, task.pretrained)
         if dataset is None:
             dataset = training_dataset(config)
         batches = seeded_batches(dataset, loop.batch_size, loop.grad_accum, loop.seed, loop.num_workers)

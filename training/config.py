@@ -19,6 +19,7 @@ from .loop import LoopConfig
 
 T = TypeVar("T")
 STAGE_FOLDERS = {"uncertainty": "uncertainty", "teacher": "teacher", "student": "student", "evaluate": "evaluation"}
+RUN_CONFIG = "config.yaml"
 PRODUCTS = {"uncertainty": "uncertainty.safetensors", "teacher": "teacher.safetensors", "student": "student.safetensors"}
 
 
@@ -64,6 +65,27 @@ def stage_dir(config: dict[str, Any], stage: str) -> Path:
 def product_path(config: dict[str, Any], stage: str, explicit: Optional[str] = None) -> Path:
     """A stage's product: the path the config gives, else the file the stage writes in its folder."""
     return Path(explicit) if explicit else stage_dir(config, stage) / PRODUCTS[stage]
+
+
+def allow_fallbacks(config: dict[str, Any]) -> bool:
+    """Whether a loss may run on its documented fallback when its pretrained network is not given.
+
+    Off unless the config (or `--allow-fallbacks`) says so: a fallback changes
+    what the run trains, so it must be asked for, not discovered in a log.
+    """
+    value = config.get("allow_fallbacks", False)
+    if not isinstance(value, bool):
+        raise BadInput(f"allow_fallbacks must be true or false, not {value!r}")
+    return value
+
+
+def save_run_config(config: dict[str, Any], stage: str, pretrained: dict[str, str]) -> Path:
+    """Write the config a stage ran with, plus what stood in each pretrained role, to its folder as config.yaml."""
+    path = stage_dir(config, stage) / RUN_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**config, "pretrained": {stage: dict(pretrained)}}
+    path.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def loop_config(config: dict[str, Any], stage: str) -> LoopConfig:

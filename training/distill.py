@@ -1,5 +1,6 @@
 """Stage-2 distillation pieces: teacher feature taps, 1x1-conv adapters, the feature loss, and
-initialising the student from the teacher's weights where names and shapes match.
+initialising the student from the teacher's weights (and a TAESD's, when given) where the
+student's parameter maps to a teacher tensor of the same shape.
 
 The student's taps (`backend.models.feature_channels`) are "down{i}", "mid" and
 "up{i}"; they pair with the teacher UNet's down_blocks[i], mid_block and the
@@ -13,16 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from backend.models import SlimDiffSR, teacher_parameter_name
 from slimdiffsr_qgis.contract import BadInput
 
-from .losses import mmd2_rbf
+from .losses import PAPER_BANDWIDTHS, mmd2_rbf
 
 
 def teacher_modules(unet: nn.Module, taps: list[str]) -> dict[str, nn.Module]:
@@ -80,10 +82,11 @@ class FeatureAdapters(nn.Module):
 
 
 def distillation_terms(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], adapters: FeatureAdapters,
-                       tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ over taps of MSE(φ(f_stu), f_tea) and of MMD²_RBF between their feature vectors (Eq. 17-18).
+                       tokens: int, bandwidths: Sequence[float] = PAPER_BANDWIDTHS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ over taps of MSE(φ(f_stu), f_tea) and of MMD²_RBF between their feature vectors (Eq. 16-17).
 
-    MMD uses at most `tokens` positions per tap, the same positions in both maps.
+    MMD uses at most `tokens` positions per tap, the same positions in both maps,
+    and an RBF kernel at the median-heuristic bandwidth times each of `bandwidths`.
     """
     mse = next(iter(teacher.values())).new_zeros(())
     mmd = mse.clone()
@@ -96,7 +99,7 @@ def distillation_terms(student: dict[str, torch.Tensor], teacher: dict[str, torc
         if a.shape[0] > tokens:
             keep = torch.randperm(a.shape[0], device=a.device)[:tokens]
             a, b = a[keep], b[keep]
-        mmd = mmd + mmd2_rbf(a, b)
+        mmd = mmd + mmd2_rbf(a, b, bandwidths=bandwidths)
     return mse, mmd
 
 
@@ -107,21 +110,28 @@ def merge_lora(module: nn.Module) -> None:
             layer.merge()
 
 
-def init_from_teacher(student: nn.Module, teacher_unet: nn.Module) -> float:
-    """Copy every student UNet tensor whose name and shape match the (merged) teacher UNet's.
+def init_from_teacher(student: SlimDiffSR, teacher_unet: nn.Module, taesd: Optional[nn.Module] = None) -> float:
+    """Copy every student tensor the teacher has under its mapped name with the same shape.
 
-    Returns the fraction of student parameters (by count) so initialised. Most
-    of the student's convs and attentions are replaced operators, so the
-    fraction is small; it is reported, not tuned.
+    UNet names go through `teacher_parameter_name` (the student's up blocks and
+    its mid ResBlock sit at other indices in SD's UNet than in the student);
+    the VAE's `encoder.layers.*` / `decoder.layers.*` are diffusers'
+    AutoencoderTiny (TAESD) names as they are, copied when `taesd` is given.
+    LoRA deltas are merged into the teacher first. Returns the fraction of
+    student parameters (by count) so initialised: FSC, DSC, QGAM and the fused
+    convs have no counterpart, so it is reported, not tuned.
     """
     merge_lora(teacher_unet)
-    source = {k.replace(".base_layer", ""): v for k, v in teacher_unet.state_dict().items() if "lora_" not in k}
+    unet = {k.replace(".base_layer", ""): v for k, v in teacher_unet.state_dict().items() if "lora_" not in k}
+    vae = taesd.state_dict() if taesd is not None else {}
+    levels = len(teacher_unet.down_blocks)
     copied = total = 0
     with torch.no_grad():
         for name, parameter in student.named_parameters():
             total += parameter.numel()
-            key = name[len("unet."):] if name.startswith("unet.") else None
-            if key in source and source[key].shape == parameter.shape:
-                parameter.copy_(source[key])
+            key = teacher_parameter_name(name, student.config, levels)
+            source = unet.get(key) if key is not None else vae.get(name)
+            if source is not None and source.shape == parameter.shape:
+                parameter.copy_(source)
                 copied += parameter.numel()
     return copied / total

@@ -35,6 +35,8 @@ from .records import LossTable, RunLog
 
 LR_DECAYS = ("constant", "cosine")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-2, "adam": 0.0}
+"""PyTorch's own defaults: AdamW with no weight decay would be Adam."""
 
 
 @dataclass
@@ -47,7 +49,8 @@ class LoopConfig:
     optimizer: str = "adamw"
     lr_decay: str = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
+    weight_decay: Optional[float] = None
+    """Decoupled for AdamW, L2 for Adam; None: PyTorch's default (AdamW 1e-2, Adam 0)."""
     critic_lr: float = 1e-4
     grad_accum: int = 1
     grad_clip: float = 1.0
@@ -74,6 +77,10 @@ class LoopConfig:
             raise BadInput(f"lr_decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise BadInput(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
+        try:
+            self.weight_decay = float(DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay)
+        except (TypeError, ValueError):
+            raise BadInput(f"loop setting weight_decay must be a number, not {self.weight_decay!r}") from None
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise BadInput("steps, batch_size and grad_accum must be at least 1")
 
@@ -85,6 +92,8 @@ class Task:
         frozen parts are not checkpointed); `export` writes its final weights.
     critic: an optional discriminator trained in alternation with its own optimiser.
     notes: lines for the run log (backbones found, fallbacks used, ...).
+    pretrained: what stands in each pretrained role the stage uses (e.g.
+        "perceptual": "LPIPS-VGG16 from F" or "fallback ..."), saved with the run's config.
     """
 
     name = "task"
@@ -93,6 +102,7 @@ class Task:
 
     def __init__(self) -> None:
         self.notes: list[str] = []
+        self.pretrained: dict[str, str] = {}
 
     def to(self, device: torch.device) -> None:
         """Move every network the stage uses (including frozen helpers) to `device`."""

@@ -116,7 +116,10 @@ def load_local_weights(module: nn.Module, weights: str, what: str) -> nn.Module:
 
 
 def build_perceptual(weights: Optional[str]) -> tuple[nn.Module, str]:
-    """LPIPS from `weights` when given, else the Laplacian fallback; returns (loss module, log line)."""
+    """LPIPS from `weights` when given, else the Laplacian fallback; returns (loss module, what it is).
+
+    The description starts with "fallback" exactly when the Laplacian pyramid stands in for LPIPS.
+    """
     if not weights:
-        return LaplacianPyramidL1(), "perceptual: LPIPS weights not given; fallback Laplacian-pyramid L1"
-    return load_local_weights(LPIPS(), weights, "LPIPS-VGG16"), f"perceptual: LPIPS-VGG16 from {weights}"
+        return LaplacianPyramidL1(), "fallback Laplacian-pyramid L1 (no lpips_weights given)"
+    return load_local_weights(LPIPS(), weights, "LPIPS-VGG16"), f"LPIPS-VGG16 from {weights}"

@@ -6,6 +6,11 @@ function of the MSE, and where the LR leaves the HR uncertain (degraded LR) the
 mean that MSE learns scores a higher PSNR than the median that L1 learns. The module keeps
 the last real and generated images so the loop can train the discriminator on
 them right after the generator's step.
+
+LPIPS and the DINO discriminator need pretrained weights from local paths. A
+config that sets `allow_fallbacks: false` (the paper configs) refuses to start
+when a weighted term would run on its fallback instead; with fallbacks allowed
+the fallback is named in the run log and in the run's saved config.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from slimdiffsr_qgis.contract import BadInput
 
 from .adversarial import build_discriminator, discriminator_hinge, generator_hinge
 from .perceptual import build_perceptual
@@ -30,23 +37,32 @@ def describe(weights: dict[str, float]) -> str:
 
 
 class Reconstruction:
-    """Loss terms between a generated HR image and the real one; `critic` is None when the GAN weight is 0."""
+    """Loss terms between a generated HR image and the real one; `critic` is None when the GAN weight is 0.
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    `pretrained` maps each pretrained part in use ("perceptual", "discriminator")
+    to what stands there, e.g. "LPIPS-VGG16 from F" or "fallback ...".
+    """
+
+    def __init__(self, settings: dict[str, Any], stage: str = "STAGE", allow_fallbacks: bool = False) -> None:
         weights = {**DEFAULT_WEIGHTS, **(settings.get("weights") or {})}
         self.l1_weight = float(weights["l1"])
         self.mse_weight = float(weights["mse"])
         self.perceptual_weight = float(weights["perceptual"])
         self.gan_weight = float(weights["gan"])
         self.notes: list[str] = [f"reconstruction loss: {describe(weights)}"]
+        self.pretrained: dict[str, str] = {}
         self.perceptual: Optional[nn.Module] = None
         if self.perceptual_weight > 0:
-            self.perceptual, note = build_perceptual(settings.get("lpips_weights"))
-            self.notes.append(note)
+            _refuse_fallback(settings.get("lpips_weights"), f"{stage}.lpips_weights", "perceptual (LPIPS)", allow_fallbacks)
+            self.perceptual, self.pretrained["perceptual"] = build_perceptual(settings.get("lpips_weights"))
         self.critic: Optional[nn.Module] = None
         if self.gan_weight > 0:
-            self.critic, note = build_discriminator(settings.get("dino_folder"), int(settings.get("discriminator_width", 64)))
-            self.notes.append(note)
+            _refuse_fallback(settings.get("dino_folder"), f"{stage}.dino_folder", "gan (DINO discriminator)", allow_fallbacks)
+            self.critic, self.pretrained["discriminator"] = build_discriminator(
+                settings.get("dino_folder"), int(settings.get("discriminator_width", 64)),
+                str(settings.get("discriminator_backbone", "trained")),
+            )
+        self.notes += [f"{role}: {what}" for role, what in self.pretrained.items()]
         self._pair: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     def to(self, device: torch.device) -> None:
@@ -73,3 +89,13 @@ class Reconstruction:
         real, fake = self._pair
         loss = discriminator_hinge(self.critic(real), self.critic(fake))
         return {"total": loss}
+
+
+def _refuse_fallback(path: Optional[str], key: str, term: str, allowed: bool) -> None:
+    """Without fallbacks allowed, a weighted term whose pretrained network is not given is a user error."""
+    if not path and not allowed:
+        weight = f"{key.split('.')[0]}.weights.{term.split()[0]}"
+        raise BadInput(
+            f"the {term} loss term needs pretrained weights but {key} is not set: give the local path "
+            f"(--set {key}=PATH), drop the term (--set {weight}=0), or pass --allow-fallbacks to train with its fallback"
+        )

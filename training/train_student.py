@@ -4,9 +4,13 @@
 
 With a teacher (`student.teacher_weights`: the teacher stage's product by
 default) the loss is the reconstruction terms plus Σ_taps [MSE(φ(f_stu), f_tea)
-+ 0.1·MMD²] (Eq. 23) and the student's UNet starts from the teacher's weights
-where names and shapes match. With `teacher_weights: none` it is the paper's
-No-Dis ablation (Table 7): reconstruction terms only, which needs no SD-2.1.
++ 0.1·MMD²], MMD with one RBF kernel at the median-heuristic bandwidth
+(`student.mmd_bandwidths` lists multiples of it for a mixture), and the student
+starts from the teacher's UNet weights wherever a parameter maps to a teacher
+tensor of the same shape (and from TAESD's with `student.taesd_folder`); the
+initialised fraction is logged and stored in the weights file as
+`teacher_init_fraction`. With `teacher_weights: none` it is the paper's No-Dis
+ablation (Table 7): reconstruction terms only, which needs no SD-2.1.
 `student.init` fine-tunes from any student weights file (e.g. the shipped one).
 """
 
@@ -24,11 +28,12 @@ from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 
 from . import cli
-from .backbone import upsample_bicubic
-from .config import product_path, section
+from .backbone import load_taesd, upsample_bicubic
+from .config import allow_fallbacks, product_path, section
 from .distill import FeatureAdapters, capture, distillation_terms, init_from_teacher, teacher_modules
 from .distributed import Processes
 from .loop import Task
+from .losses import PAPER_BANDWIDTHS
 from .reconstruction import Reconstruction
 from .teacher import load_teacher
 
@@ -61,11 +66,13 @@ class StudentTask(Task):
         weights = {"feature": 1.0, "mmd": 0.1, **(settings.get("weights") or {})}
         self.feature_weight, self.mmd_weight = float(weights["feature"]), float(weights["mmd"])
         self.tokens = int(settings.get("distill_tokens", 1024))
-        self.reconstruction = Reconstruction(settings)
+        self.bandwidths = _bandwidths(settings.get("mmd_bandwidths", PAPER_BANDWIDTHS))
+        self.reconstruction = Reconstruction(settings, "student", allow_fallbacks(config))
         self.critic = self.reconstruction.critic
         self.notes += self.reconstruction.notes
         teacher_setting = str(settings.get("teacher_weights") or "default")
         self.teacher = self.estimator = None
+        self.init_fraction: Optional[float] = None
         adapters = None
         if teacher_setting.lower() == NO_TEACHER:
             self.teacher_used = "none (No-Dis)"
@@ -78,10 +85,20 @@ class StudentTask(Task):
             self.teacher_blocks = teacher_modules(self.teacher.unet, taps)
             adapters = FeatureAdapters(feature_channels(student.config), self._teacher_channels(student, taps))
             if settings.get("init") is None:
-                fraction = init_from_teacher(student, self.teacher.unet)
-                self.notes.append(f"student: {fraction:.2%} of parameters initialised from the teacher (name+shape match)")
-            self.notes.append(f"distillation: teacher {path}; taps {', '.join(taps)}; MSE + {self.mmd_weight}·MMD²")
+                self._initialise(student, settings.get("taesd_folder"))
+            kernel = ("one RBF kernel, σ = the median pairwise distance" if self.bandwidths == (1.0,)
+                      else f"RBF kernels at σ = {list(self.bandwidths)} x the median pairwise distance")
+            self.notes.append(f"distillation: teacher {path}; taps {', '.join(taps)}; MSE + {self.mmd_weight}·MMD² ({kernel})")
+        self.pretrained.update(teacher=self.teacher_used, **self.reconstruction.pretrained)
         self.generator = StudentAndAdapters(student, adapters)
+
+    def _initialise(self, student: nn.Module, taesd_folder: Optional[str]) -> None:
+        """Start the student from the teacher's UNet (and TAESD's VAE layers, when given); log the fraction."""
+        taesd = load_taesd(taesd_folder) if taesd_folder else None
+        self.init_fraction = init_from_teacher(student, self.teacher.unet, taesd)
+        self.pretrained["taesd"] = str(taesd_folder) if taesd else "none: encoder/decoder from scratch"
+        sources = f"the teacher's UNet and TAESD {taesd_folder}" if taesd else "the teacher's UNet (no taesd_folder)"
+        self.notes.append(f"student: {self.init_fraction:.2%} of parameters initialised from {sources}")
 
     def _student(self, settings: dict[str, Any]) -> tuple[nn.Module, str]:
         changes = dict(settings.get("config") or {})  # any StudentConfig field, e.g. {residual: true}
@@ -145,7 +162,8 @@ class StudentTask(Task):
         else:
             output, student_features = student.forward_features(lr)
             terms = self.reconstruction.generator_terms(output, hr)
-            mse, mmd = distillation_terms(student_features, self._teacher_features(lr, hr), self.generator.adapters, self.tokens)
+            mse, mmd = distillation_terms(student_features, self._teacher_features(lr, hr), self.generator.adapters,
+                                          self.tokens, self.bandwidths)
             terms["feature"] = self.feature_weight * mse
             terms["mmd"] = self.mmd_weight * mmd
         return {"total": sum(terms.values()), **terms}
@@ -165,6 +183,8 @@ class StudentTask(Task):
             "teacher": self.teacher_used,
             "training_log": " | ".join(self.notes),
         }
+        if self.init_fraction is not None:
+            meta["teacher_init_fraction"] = f"{self.init_fraction:.4f}"
         save(student, path, meta)
         return path
 
@@ -176,6 +196,17 @@ def _lineage(init: str, meta: dict[str, str]) -> str:
     earlier = meta.get("training_log", "")
     lineage = f"sha256 {file_sha256(init)[:16]}{', ' + record if record else ''}"
     return f"{lineage}; its log: {earlier}" if earlier else lineage
+
+
+def _bandwidths(value: Any) -> tuple[float, ...]:
+    """student.mmd_bandwidths: a non-empty list of positive multiples of the median distance."""
+    try:
+        bandwidths = tuple(float(b) for b in value)
+    except (TypeError, ValueError):
+        bandwidths = ()
+    if not bandwidths or min(bandwidths) <= 0:
+        raise BadInput(f"student.mmd_bandwidths must be a list of positive numbers (e.g. [1.0]), not {value!r}")
+    return bandwidths
 
 
 def _changed(config: StudentConfig, changes: dict[str, Any]) -> StudentConfig:

@@ -3,8 +3,9 @@
     python -m training.train_teacher --config training/configs/tiny_cpu.yaml
 
 Needs the stage-0 estimator (`teacher.uncertainty_weights`, default: the
-uncertainty stage's product). Loss: L1 + 2.5·LPIPS + 0.25·GAN + λ_TV·TV(ᾱ)
-(Eq. 20-22); LoRA adapters, the noise-level predictor and the discriminator train.
+uncertainty stage's product). Loss: L1 + 2.5·LPIPS + 0.25·GAN + λ_TV·TV(ᾱ),
+TV the squared-L2 total variation of the ᾱ map (Eq. 21); LoRA adapters, the
+noise-level predictor and the discriminator train.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from . import cli
 from .backbone import load_backbone, upsample_bicubic
-from .config import product_path, section, settings
+from .config import allow_fallbacks, product_path, section, settings
 from .distributed import Processes
 from .loop import Task
 from .losses import total_variation
@@ -41,8 +42,9 @@ class TeacherTask(Task):
         self.teacher_config = settings(TeacherConfig, config, "teacher", "model")
         self.generator = Teacher(self.backbone, self.teacher_config)
         self.tv_weight = float(options.get("tv_weight", 0.01))
-        self.reconstruction = Reconstruction(options)
+        self.reconstruction = Reconstruction(options, "teacher", allow_fallbacks(config))
         self.critic = self.reconstruction.critic
+        self.pretrained = {"backbone": self.backbone.source, **self.reconstruction.pretrained}
         trainable = sum(p.numel() for p in self.generator.parameters() if p.requires_grad)
         self.notes += self.backbone.notes + self.reconstruction.notes + [
             f"uncertainty estimator: {estimator_path}",

@@ -32,6 +32,7 @@ class UncertaintyTask(Task):
         backbone_section = section(config, "backbone")
         backbone = load_backbone(backbone_section.get("source", "tiny"), backbone_section.get("prediction_type", "epsilon"))
         self.notes += backbone.notes
+        self.pretrained = {"backbone": backbone.source}
         self.scale = int(config["scale"])
         self.vae = backbone.vae.requires_grad_(False).eval()
         model = settings(UncertaintyConfig, config, "uncertainty", "model")
