@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(python3-qgis qgis-providers python3-gdal gdal-bin python3-venv)
+# qgis brings qgis_process.bin, which the Processing tests run as users script it.
+apt_packages=(python3-qgis qgis-providers python3-gdal gdal-bin python3-venv qgis)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
