@@ -131,7 +131,8 @@ def describe_environment() -> dict[str, object]:
 
     usable, why = cuda_status()
     return {"package": __version__, "torch": torch.__version__, "gdal": gdal.__version__,
-            "numpy": np.__version__, "cuda": usable, "cuda_detail": why, "cpu_threads": torch.get_num_threads()}
+            "numpy": np.__version__, "cuda": usable, "cuda_present": torch.cuda.is_available(),
+            "cuda_detail": why, "cpu_threads": torch.get_num_threads()}
 
 
 def _autocast(device: torch.device):
