@@ -154,3 +154,49 @@ def test_null_prompt_is_the_folders_clip_embedding_of_the_empty_prompt(tmp_path)
     assert any("CLIP embedding" in note for note in backbone.notes)
     teacher = Teacher(backbone, SMALL)
     assert torch.equal(teacher.trainable_state()["null_embedding"], backbone.null_embedding)
+
+
+def test_the_spatial_time_embedding_equals_the_mean_one_on_a_flat_t_map_and_differs_on_a_varied_one():
+    torch.manual_seed(0)
+    teacher = Teacher(load_backbone("tiny"), SMALL)
+    spatial = Teacher(load_backbone("tiny"), TeacherConfig(**{**SMALL.__dict__, "time_embedding": "spatial"}))
+    spatial.load_state_dict(teacher.state_dict())
+    z = torch.randn(1, 4, 8, 8)
+    flat = torch.full((1, 1, 8, 8), 0.6)
+    varied = torch.linspace(0.2, 0.9, 64).view(1, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(spatial.denoise(z, flat)[0], teacher.denoise(z, flat)[0], atol=1e-5)
+        assert not torch.allclose(spatial.denoise(z, varied)[0], teacher.denoise(z, varied)[0], atol=1e-3)
+    alpha_bar = varied.clone().requires_grad_(True)
+    spatial.denoise(z, alpha_bar)[0].sum().backward()
+    assert alpha_bar.grad.abs().sum() > 0
+
+
+def test_a_per_pixel_time_embedding_is_what_each_pixel_would_get_from_its_own_timestep():
+    from training.spatial_time import spatial_time
+
+    torch.manual_seed(0)
+    unet = load_backbone("tiny").unet.eval()
+    z = torch.randn(1, 4, 8, 8)
+    context = torch.zeros(1, 4, 32)
+    t_map = torch.full((1, 1, 8, 8), 300.0)
+    with torch.no_grad(), spatial_time(unet, t_map, z.dtype):
+        # A uniform map at 300 with the UNet called at t = 700: every ResBlock sees 300.
+        inside = unet(z, torch.tensor([700.0]), encoder_hidden_states=context).sample
+    with torch.no_grad():
+        mean_at_300 = unet(z, torch.tensor([300.0]), encoder_hidden_states=context).sample
+        mean_at_700 = unet(z, torch.tensor([700.0]), encoder_hidden_states=context).sample
+    assert torch.allclose(inside, mean_at_300, atol=1e-5)
+    assert not torch.allclose(inside, mean_at_700, atol=1e-3)
+    assert not unet.down_blocks[0].resnets[0].conv1._forward_hooks, "the hooks are removed on exit"
+
+
+def test_teacher_file_keeps_the_time_embedding_choice(tmp_path):
+    backbone = load_backbone("tiny")
+    config = TeacherConfig(**{**SMALL.__dict__, "time_embedding": "spatial"})
+    estimator = UncertaintyEstimator(UncertaintyConfig(width=8, blocks=1, groups=4))
+    path = tmp_path / "teacher.safetensors"
+    save_teacher(path, Teacher(backbone, config).trainable_state(), estimator, config, backbone, {})
+    assert load_teacher(path)[0].config.time_embedding == "spatial"
+    with pytest.raises(BadInput, match="time_embedding"):
+        TeacherConfig(time_embedding="per-pixel")

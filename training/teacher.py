@@ -5,10 +5,12 @@ z_var; the predictor turns (z_gt, z_var) into a per-pixel noise level ᾱ; the
 UNet treats z_lr as a noisy latent at that level and one update gives ẑ0
 (Eq. 12), which the VAE decodes.
 
-Spatial t*: diffusers' UNet takes one timestep per sample, so the UNet gets the
-mean of the t* map (Eq. 11) and the per-pixel ᾱ is applied in the one-step
-update. The training log records the spread of t* within each map, which is
-what this simplification ignores.
+Spatial t*: diffusers' UNet takes one timestep per sample, so by default
+(`time_embedding: mean`) the UNet gets the mean of the t* map (Eq. 11) and the
+per-pixel ᾱ is applied in the one-step update; the training log records the
+spread of t* within each map, which this simplification ignores. With
+`time_embedding: spatial` every ResBlock also adds the embedding of t* per
+pixel (training/spatial_time.py).
 
 Only LoRA adapters (rank 32 on the UNet, 16 on the VAE decoder) and the
 predictor train; the backbone stays frozen.
@@ -16,7 +18,8 @@ predictor train; the backbone stays frozen.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import contextlib
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -28,6 +31,7 @@ from torch import nn
 from slimdiffsr_qgis.contract import BadInput
 
 from .backbone import Backbone, decode_latent, encode_latent, load_backbone
+from .spatial_time import TIME_EMBEDDINGS, spatial_time
 from .timesteps import invert_alphas_cumprod
 from .uncertainty import UncertaintyConfig, UncertaintyEstimator
 
@@ -41,11 +45,22 @@ VAE_DECODER_LORA_TARGETS = r"decoder\..*(conv1|conv2|conv_shortcut|conv|conv_in|
 
 @dataclass
 class TeacherConfig:
-    """LoRA ranks and the predictor's width."""
+    """LoRA ranks, the predictor's width, and how the UNet sees the t* map ("mean" or "spatial")."""
 
     unet_lora_rank: int = 32
     vae_lora_rank: int = 16
     predictor_width: int = 64
+    time_embedding: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise BadInput(f"teacher time_embedding must be one of {', '.join(TIME_EMBEDDINGS)}, not {self.time_embedding!r}")
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "TeacherConfig":
+        """Inverse of the str() values a teacher file stores; a file without a field gets its default."""
+        kinds = {item.name: item.type for item in fields(cls)}
+        return cls(**{k: (int(meta[k]) if kinds[k] == "int" else meta[k]) for k in kinds if k in meta})
 
 
 class NoiseLevelPredictor(nn.Module):
@@ -120,7 +135,9 @@ class Teacher(nn.Module):
         t_map = invert_alphas_cumprod(alpha_bar, self.alphas_cumprod)
         t_mean = t_map.mean(dim=(1, 2, 3))
         context = self.null_embedding.to(z_lr.dtype).expand(z_lr.shape[0], -1, -1)
-        output = self.unet(z_lr, t_mean, encoder_hidden_states=context).sample
+        per_pixel = spatial_time(self.unet, t_map, z_lr.dtype) if self.config.time_embedding == "spatial" else contextlib.nullcontext()
+        with per_pixel:
+            output = self.unet(z_lr, t_mean, encoder_hidden_states=context).sample
         return one_step_x0(z_lr, output, alpha_bar, self.prediction_type), t_map
 
     def forward(self, z_lr: torch.Tensor, z_gt: torch.Tensor, z_var: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -162,7 +179,7 @@ def load_teacher(path: Path) -> tuple[Teacher, UncertaintyEstimator, dict[str, s
         raise BadInput(f"{path} is not a teacher file written by training.train_teacher (no backbone in its metadata)")
     source, _, prediction_type = meta["backbone"].partition("|")
     backbone = load_backbone(source, prediction_type or "epsilon")
-    config = TeacherConfig(**{k: int(meta[k]) for k in asdict(TeacherConfig()) if k in meta})
+    config = TeacherConfig.from_metadata(meta)
     teacher = Teacher(backbone, config)
     state = load_file(str(path))
     estimator_meta = {k[len(UNCERTAINTY_PREFIX):]: v for k, v in meta.items() if k.startswith(UNCERTAINTY_PREFIX)}

@@ -26,6 +26,14 @@ from .teacher import Teacher, TeacherConfig, save_teacher
 from .uncertainty import load_uncertainty
 
 
+TIME_NOTES = {
+    "mean": "teacher: spatial t* handled as mean t* for the UNet's time embedding and per-pixel ᾱ in the one-step "
+            "update; losses.csv column t_spread is the mean per-map standard deviation of t* this ignores",
+    "spatial": "teacher: spatial t* embedded per pixel inside every UNet ResBlock (beside the mean t* the UNet "
+               "is called with) and per-pixel ᾱ in the one-step update; losses.csv column t_spread: its spread",
+}
+
+
 class TeacherTask(Task):
     """LoRA fine-tuning of the diffusion backbone into a one-step SR teacher."""
 
@@ -50,8 +58,7 @@ class TeacherTask(Task):
             f"uncertainty estimator: {estimator_path}",
             f"teacher: LoRA rank {self.teacher_config.unet_lora_rank} (UNet) / {self.teacher_config.vae_lora_rank} "
             f"(VAE decoder); {trainable} trainable parameters; prediction_type {self.backbone.prediction_type}",
-            "teacher: spatial t* handled as mean t* for the UNet's time embedding and per-pixel ᾱ in the one-step "
-            "update; losses.csv column t_spread is the mean per-map standard deviation of t* this ignores",
+            TIME_NOTES[self.teacher_config.time_embedding],
         ]
 
     def to(self, device: torch.device) -> None:
