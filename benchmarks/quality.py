@@ -44,6 +44,7 @@ Upsampler = Callable[[np.ndarray], np.ndarray]
 LR_KINDS = ("clean", "degraded")
 DEGRADATION_SEED = 2021
 OVERALL = "overall"
+CONSISTENCY_SUFFIX = " + consistency"
 CARD_BEGIN = "<!-- begin: table written by benchmarks.quality --card -->"
 CARD_END = "<!-- end: table written by benchmarks.quality --card -->"
 
@@ -71,11 +72,13 @@ def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
     return values
 
 
-def model_upsampler(model: torch.nn.Module) -> Upsampler:
-    """The engine's tiled, blended inference with its default tile and overlap, on the CPU."""
+def model_upsampler(model: torch.nn.Module, consistency: bool = False) -> Upsampler:
+    """The engine's tiled, blended inference with its default tile and overlap, on the CPU; with `consistency`,
+    each tile back-projected to its input as the engine's option does."""
     defaults = RunRequest.__dataclass_fields__
     tile, overlap = defaults["tile"].default, defaults["overlap"].default
-    return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu")
+    return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu",
+                                            consistency=consistency)
 
 
 def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
@@ -174,8 +177,10 @@ def student_label(weights: Path) -> str:
     return f"SlimDiffSR ({weights.name})"
 
 
-def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]) -> dict[str, Upsampler]:
-    """GDAL cubic and lanczos, plus the student and the reference CNN when their files are given."""
+def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path],
+                  consistency: bool = False) -> dict[str, Upsampler]:
+    """GDAL cubic and lanczos, plus the student and the reference CNN when their files are given, and the
+    student with the consistency option when asked."""
     methods: dict[str, Upsampler] = {
         "GDAL cubic": lambda lr: gdal_upsample(lr, scale, "cubic"),
         "GDAL lanczos": lambda lr: gdal_upsample(lr, scale, "lanczos"),
@@ -196,6 +201,8 @@ def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]
             print(f"note: {weights.name} was trained with normalisation {trained_with}; "
                   f"this benchmark feeds it {DEFAULT_SPEC}", file=sys.stderr)
         methods[student_label(weights)] = model_upsampler(model)
+        if consistency:
+            methods[student_label(weights) + CONSISTENCY_SUFFIX] = model_upsampler(model, consistency=True)
     return methods
 
 
@@ -234,6 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side (NIQE needs >= 2 x 96 px)")
     parser.add_argument("--niqe", type=Path, default=None, help="NIQE parameters (default: beside the manifest)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also score the student with the consistency option (back-projection to the LR)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--card", type=Path,
                         help="also replace the table between the markers of this model card (README.md)")
@@ -246,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
-    methods = build_methods(args.scale, args.weights, args.reference)
+    methods = build_methods(args.scale, args.weights, args.reference, args.consistency)
     start = time.monotonic()
     scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile)
     table = format_table(scores, niqe_model, list(methods), args.scale, args.role)

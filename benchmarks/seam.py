@@ -8,6 +8,8 @@ blended output and one pass over the whole array: in the band along tile borders
 (HR pixels covered by two or more tiles, or within `scale` pixels of an inner tile
 edge) and in the tile interiors, in units of the output range (1/255 is the target).
 Without --input a seeded synthetic scene (smooth fields, sharp edges, fine texture) is used.
+With --consistency both runs back-project to the LR (the engine's consistency option): the
+single pass over the whole array, the tiled run tile by tile, as the engine does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backend.consistency import back_project
 from backend.engine import super_resolve_array
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import load
@@ -42,11 +45,16 @@ def border_band(width: int, height: int, tile: int, overlap: int, scale: int) ->
     return band | (coverage > 1)
 
 
-def seam_report(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4) -> dict[str, float]:
+def seam_report(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,
+                consistency: bool = False) -> dict[str, float]:
     """Mean |tiled - single pass| in the border band and the interior, and the largest difference."""
     with torch.inference_mode():
-        single = model.eval()(torch.from_numpy(lr01)[None]).float()[0].numpy()
-    tiled = super_resolve_array(model, lr01, tile, overlap, batch=batch, device="cpu")
+        lr = torch.from_numpy(lr01)[None]
+        single = model.eval()(lr).float()
+        if consistency:
+            single = back_project(single, lr, model.scale)
+        single = single[0].numpy()
+    tiled = super_resolve_array(model, lr01, tile, overlap, batch=batch, device="cpu", consistency=consistency)
     difference = np.abs(tiled - single).mean(axis=0)
     band = border_band(lr01.shape[2], lr01.shape[1], tile, overlap, model.scale)
     interior = ~band
@@ -95,6 +103,7 @@ def main() -> None:
     parser.add_argument("--input", help="a raster (bands 1-3 used); default: a synthetic scene")
     parser.add_argument("--size", type=int, default=256, help="LR window size")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--consistency", action="store_true", help="both runs back-projected to the LR")
     args = parser.parse_args()
     try:
         model = load(args.weights)
@@ -104,9 +113,10 @@ def main() -> None:
         lr01 = read_input(args.input, args.size, model.meta.get("normalisation"))
     else:
         lr01 = synthetic_scene(args.size)
-    report = seam_report(model, lr01, args.tile, args.overlap, args.batch)
+    report = seam_report(model, lr01, args.tile, args.overlap, args.batch, args.consistency)
     print(
         f"{args.weights}: x{model.scale}, LR {lr01.shape[2]}x{lr01.shape[1]}, tile {args.tile}, overlap {args.overlap}"
+        + (", consistency on" if args.consistency else "")
     )
     for key, label in (("band_mad", "border band"), ("interior_mad", "interior")):
         value = report[key]
