@@ -175,9 +175,11 @@ def integer(name: str, value: Any) -> int:
     """An integer field: an int, or a float or string holding a whole number (never a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise BadInput(f"{name} must be an integer, got {_show(value)}")
+    if isinstance(value, int) and abs(value) > LARGEST_INTEGER:
+        raise BadInput(f"{name} must be an integer up to {LARGEST_INTEGER}, got {_show(value)}")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadInput(f"{name} must be an integer, got {_show(value)}") from None
     if not math.isfinite(number) or number != int(number) or abs(number) > LARGEST_INTEGER:
         raise BadInput(f"{name} must be an integer, got {_show(value)}")
@@ -264,7 +266,10 @@ def _extent(value: Any) -> tuple[float, float, float, float]:
         raise BadInput(message)
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
         raise BadInput(message)
-    extent = tuple(float(v) for v in value)
+    try:
+        extent = tuple(float(v) for v in value)
+    except OverflowError:
+        raise BadInput(f"extent {_show(value)} has a value too large for a coordinate") from None
     if not all(math.isfinite(v) for v in extent):
         raise BadInput(f"extent {list(extent)} has a value that is not a finite number")
     if extent[0] >= extent[2] or extent[1] >= extent[3]:
