@@ -13,9 +13,10 @@ from typing import Any, Callable, Optional
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
                        QgsProcessingFeedback, QgsProcessingLayerPostProcessorInterface, QgsProcessingParameterBand,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFile,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer, QgsRasterLayer, QgsRasterRenderer)
+                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer, QgsRasterLayer,
+                       QgsRasterRenderer)
 
 from .client import BackendClient, BackendError
 from .contract import DEVICES, SUPPORTED_SCALES, BadInput
@@ -39,6 +40,7 @@ RGB: three of those bands that go through the model together as red, green, blue
 SCALE: 2, 4 or 8 (a number). Without WEIGHTS only the scales with shipped weights run ({shipped}).
 WEIGHTS: a .safetensors file; empty uses the weights shipped with the plugin. A scale the weights were not trained for is an error.
 DEVICE: auto, cpu or cuda (by name).
+CONSISTENCY: keep the output consistent with the input: each tile is back-projected so that the output, reduced to the input's pixel grid, reproduces the input (default: off). It costs little time. Either way the result reports, and the output's metadata records, how far the reduced output differs from the input.
 TILE_SIZE and OVERLAP are in input pixels; smaller tiles need less memory.
 
 The output keeps the input's CRS, data type and band names; its pixel size is the input's divided by the scale. Its fine detail is synthesised by the model, which the output's metadata records. Before running, the output size and the free disk space are checked."""
@@ -81,6 +83,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     SCALE = "SCALE"
     WEIGHTS = "WEIGHTS"
     DEVICE = "DEVICE"
+    CONSISTENCY = "CONSISTENCY"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     OUTPUT = "OUTPUT"
@@ -126,6 +129,9 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                                             defaultValue=settings.device)
         device.setUsesStaticStrings(True)
         self.addParameter(device)
+        self.addParameter(QgsProcessingParameterBoolean(self.CONSISTENCY, "Keep consistent with the input "
+                                                                          "(back-project each tile)",
+                                                        defaultValue=False))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (input pixels)",
                                                        QgsProcessingParameterNumber.Integer,
                                                        defaultValue=settings.tile, minValue=16))
@@ -169,6 +175,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                 device=self.parameterAsEnumString(parameters, self.DEVICE, context),
                 tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),
                 overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+                consistency=self.parameterAsBoolean(parameters, self.CONSISTENCY, context),
                 # QGIS asked the user before replacing a chosen destination.
                 overwrite=True,
             )
@@ -188,6 +195,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException("SlimDiffSR: cancelled; no output was written") from None
             raise QgsProcessingException(f"SlimDiffSR: {error}") from None
         feedback.pushInfo(f"Wrote {outcome.summary()}")
+        feedback.pushInfo(outcome.consistency)
         if outcome.notice:
             feedback.pushWarning(outcome.notice)
         output = outcome.result["output"]

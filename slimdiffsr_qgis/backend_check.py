@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .client import BackendClient, BackendError
-from .interpreter import CREATE_NO_WINDOW, SERVER_MODULE, LaunchSpec
+from .interpreter import CREATE_NO_WINDOW, SERVER_MODULE, InterpreterNotFound, LaunchSpec
 from .python_probe import probe_python
 
 RERUN = "Use 'Set up backend' in the SlimDiffSR panel: it rebuilds the environment from QGIS's own Python."
@@ -61,7 +61,7 @@ def check_backend(client: BackendClient, launch: Callable[[], LaunchSpec]) -> Ba
     """
     try:
         spec = launch()
-    except BackendError as error:
+    except InterpreterNotFound as error:
         return BackendStatus(False, "", "interpreter", str(error))
     status = diagnose(spec)
     if not status.ready:

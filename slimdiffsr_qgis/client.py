@@ -59,6 +59,7 @@ class BackendClient:
         self._threads: list[threading.Thread] = []
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._hello: Optional[dict[str, Any]] = None
+        self._closed = False
         self.starts = 0
 
     @property
@@ -123,6 +124,20 @@ class BackendClient:
         with self._start_lock:
             self._stop_process(timeout)
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the backend for good (the plugin unloads): later requests fail, and a start under way is cut
+        short rather than waited for, since it may wait up to `hello_timeout` for the backend's hello."""
+        self._closed = True
+        if not self._start_lock.acquire(blocking=False):
+            process = self._process
+            if process is not None and self._hello is None:
+                process.kill()
+            self._start_lock.acquire()
+        try:
+            self._stop_process(timeout)
+        finally:
+            self._start_lock.release()
+
     def _request(self, op: str, fields: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None,
                  is_cancelled: Optional[Callable[[], bool]] = None,
                  timeout: Optional[float] = None) -> dict[str, Any]:
@@ -180,6 +195,8 @@ class BackendClient:
         return BackendError(kind, self._exit_message(process))
 
     def _start_process(self) -> None:
+        if self._closed:
+            raise BackendError(KIND_CANCELLED, "the SlimDiffSR plugin is unloading; the backend is not started")
         try:
             spec = self._launch()
         except InterpreterNotFound as error:
@@ -196,6 +213,11 @@ class BackendClient:
                 "Choose an existing Python in the SlimDiffSR settings, or use 'Set up backend' in the panel."
             )) from None
         self._process = process
+        if self._closed:
+            # close() ran while this start launched the process, and may not have seen it to kill it.
+            process.kill()
+            self._stop_process(timeout=1.0)
+            raise BackendError(KIND_CANCELLED, "the SlimDiffSR plugin is unloading; the backend is not started")
         self.starts += 1
         self._log(f"started backend: {' '.join(spec.argv)} (pid {process.pid})")
         greeting: "queue.Queue[dict[str, Any]]" = queue.Queue()

@@ -15,9 +15,10 @@ from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsMapLayer
                        QgsRasterLayer, QgsRectangle)
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox, QgsMapToolExtent
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                                 QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                                 QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from .backend_check import BackendStatus
 from .client import BackendClient
 from .contract import DEVICES, KIND_MISSING_DEPENDENCY, KIND_PROTOCOL, SUPPORTED_SCALES, BadInput, RunRequest
 from .job import Job
@@ -36,6 +37,8 @@ EXTENT_CHOICES = ((EXTENT_CANVAS, "Current map view"), (EXTENT_LAYER, "Whole lay
 WEIGHTS_CONTROL = "the Weights box"
 # Failures that mean "there is no usable backend" (none, or an outdated one): the panel then offers set-up.
 SETUP_KINDS = (KIND_MISSING_DEPENDENCY, KIND_PROTOCOL)
+SETUP_EXPLAINED = ("Set-up makes a Python environment in your QGIS profile folder and installs PyTorch and the "
+                   "backend into it (one time, a few minutes).")
 
 
 def sentence(text: str) -> str:
@@ -44,10 +47,17 @@ def sentence(text: str) -> str:
 
 
 class SuperResolveDock(QDockWidget):
-    """The SlimDiffSR panel; `open_setup` shows the first-run set-up dialog."""
+    """The SlimDiffSR panel; `open_setup` shows the first-run set-up dialog.
+
+    check_backend(restart) checks in the background whether the backend answers
+    (restart: stop the running one first, its interpreter changed) and answers
+    through `show_backend_status`. The first check waits for the panel to be
+    shown: a check starts the backend, and a QGIS session whose user never opens
+    the panel should not carry a PyTorch process.
+    """
 
     def __init__(self, iface: Any, client: BackendClient, open_setup: Callable[[], None],
-                 backend_set_up: bool, parent: Optional[QWidget] = None) -> None:
+                 check_backend: Callable[[bool], None], parent: Optional[QWidget] = None) -> None:
         super().__init__("SlimDiffSR super-resolution", parent)
         self.setObjectName("SlimDiffSRDock")
         self.iface = iface
@@ -55,6 +65,8 @@ class SuperResolveDock(QDockWidget):
         self.task: Optional[SuperResolveTask] = None
         self.last_layer: Optional[QgsRasterLayer] = None
         self._open_setup = open_setup
+        self._check_backend = check_backend
+        self._backend_checked = False
         self._drawn: Optional[tuple[QgsRectangle, QgsCoordinateReferenceSystem]] = None
         self._previous_tool = None
         self._input_layer_id = ""
@@ -66,7 +78,7 @@ class SuperResolveDock(QDockWidget):
         self._extent_tool.extentChanged.connect(self._on_rectangle_drawn)
         self.settings = load_settings()
         self._build()
-        self.setup_box.setVisible(not backend_set_up)
+        self.visibilityChanged.connect(self._on_visibility_changed)
 
     # ----- layout -----
     def _build(self) -> None:
@@ -117,6 +129,13 @@ class SuperResolveDock(QDockWidget):
         self.device_combo.setCurrentText(self.settings.device)
         form.addRow("Device", self.device_combo)
 
+        self.consistency_check = QCheckBox("Keep consistent with the input", body)
+        self.consistency_check.setToolTip(
+            "Back-project each tile so that the result, reduced to the input's pixel grid, reproduces the input: "
+            "the added detail cannot shift colours or move edges the sensor saw. It costs little time. Either way "
+            "the result reports how far it differs from the input.")
+        form.addRow("", self.consistency_check)
+
         self.output_widget = QgsFileWidget(body)
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif)")
@@ -148,13 +167,12 @@ class SuperResolveDock(QDockWidget):
 
         self.setup_box = QGroupBox("Backend", body)
         setup_column = QVBoxLayout(self.setup_box)
-        setup_label = QLabel("No SlimDiffSR backend is set up yet. Set-up makes a Python environment in your "
-                             "QGIS profile folder and installs PyTorch and the backend into it (one time, "
-                             "a few minutes).", self.setup_box)
-        setup_label.setWordWrap(True)
+        self.setup_label = QLabel("Checking the backend...", self.setup_box)
+        self.setup_label.setWordWrap(True)
+        self.setup_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.setup_button = QPushButton("Set up backend...", self.setup_box)
         self.setup_button.clicked.connect(self._open_setup)
-        setup_column.addWidget(setup_label)
+        setup_column.addWidget(self.setup_label)
         setup_column.addWidget(self.setup_button)
         column.addWidget(self.setup_box)
 
@@ -185,7 +203,9 @@ class SuperResolveDock(QDockWidget):
         self.overlap_spin.setValue(self.settings.overlap)
         form.addRow("Tile overlap", self.overlap_spin)
         self.torch_edit = QLineEdit(self.settings.torch_requirement, box)
-        self.torch_edit.setToolTip("What set-up asks pip for, e.g. torch==2.13.0 --index-url <a CUDA build index>")
+        self.torch_edit.setPlaceholderText("empty: CPU build, or CUDA when ticked in set-up")
+        self.torch_edit.setToolTip("What set-up asks pip for instead of its own choice, e.g. "
+                                   "torch==2.13.0 --index-url <a CUDA build index>")
         form.addRow("PyTorch for set-up", self.torch_edit)
         self.python_widget.fileChanged.connect(self._on_backend_python_changed)
         self.folder_widget.fileChanged.connect(lambda _path: self.save_choices())
@@ -214,7 +234,7 @@ class SuperResolveDock(QDockWidget):
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             output_folder=self.folder_widget.filePath().strip(),
-            torch_requirement=self.torch_edit.text().strip() or self.settings.torch_requirement,
+            torch_requirement=self.torch_edit.text().strip(),
         )
 
     def save_choices(self) -> None:
@@ -224,12 +244,29 @@ class SuperResolveDock(QDockWidget):
 
     def _on_backend_python_changed(self, _path: str) -> None:
         self.save_choices()
-        # The next request starts the backend with the newly chosen interpreter;
+        # The backend restarts with the newly chosen interpreter, and the check says whether it answers;
         # a run in progress finishes on the old one first.
         if self.task is None:
-            self.client.stop()
+            self._check_backend(True)
         else:
             self._restart_after_run = True
+
+    def _on_visibility_changed(self, visible: bool) -> None:
+        if visible and not self._backend_checked:
+            self._backend_checked = True
+            self._check_backend(False)
+
+    # ----- the backend -----
+    def show_backend_checking(self) -> None:
+        """The Backend box says a check is under way (until `show_backend_status` has the answer)."""
+        self.setup_label.setText("Checking the backend...")
+        self.setup_box.setVisible(True)
+
+    def show_backend_status(self, status: BackendStatus) -> None:
+        """A backend that answers hides the Backend box; otherwise the box says what is missing and offers set-up."""
+        self.setup_box.setVisible(not status.ready)
+        if not status.ready:
+            self.setup_label.setText(f"{status.message}\n\n{SETUP_EXPLAINED}")
 
     def set_extent_source(self, key: str) -> None:
         """Select canvas / layer / drawn by key."""
@@ -293,7 +330,7 @@ class SuperResolveDock(QDockWidget):
                              extent_crs=extent_crs, bands=parse_bands(self.bands_edit.text()),
                              rgb=parse_bands(self.rgb_edit.text(), "colour bands (RGB)"),
                              weights=settings.weights, device=settings.device, tile=settings.tile,
-                             overlap=settings.overlap)
+                             overlap=settings.overlap, consistency=self.consistency_check.isChecked())
 
     # ----- running -----
     def start(self, plan_only: bool = False) -> Optional[SuperResolveTask]:
@@ -352,7 +389,7 @@ class SuperResolveDock(QDockWidget):
         self._set_running(False)
         if self._restart_after_run:
             self._restart_after_run = False
-            self.client.stop()
+            self._check_backend(True)
         error = task.error
         if error is None and task.outcome is not None:
             self._show_progress(100.0 if task.outcome.result is not None else 0.0)
@@ -365,6 +402,7 @@ class SuperResolveDock(QDockWidget):
             return
         self.show_status(f"Failed: {error}", error=True)
         if error.kind in SETUP_KINDS:
+            self.setup_label.setText(f"No usable SlimDiffSR backend (see the message above).\n\n{SETUP_EXPLAINED}")
             self.setup_box.setVisible(True)
 
     def _add_result(self, task: SuperResolveTask) -> None:
@@ -382,7 +420,7 @@ class SuperResolveDock(QDockWidget):
             self.show_status(f"Failed: {error}", error=True)
             return
         notice = f" {outcome.notice}" if outcome.notice else ""
-        self.show_status(f"Added '{name}': {outcome.summary()}{notice}")
+        self.show_status(f"Added '{name}': {outcome.summary()}{notice}\n{outcome.consistency}")
 
     def show_status(self, text: str, error: bool = False) -> None:
         """Show one status line (red for errors)."""

@@ -30,12 +30,37 @@ class JobOutcome:
     result: Optional[dict[str, Any]] = None
     overviews: int = 0
     notice: str = ""
+    consistency: str = ""
 
     def summary(self) -> str:
         """One sentence on the written file (the GPU notice is apart: Processing shows it as a warning)."""
         result = self.result or {}
         return (f"{result['width']} x {result['height']} px, {result['bands']} band(s), in {result['seconds']:.1f} s "
                 f"on {result['device']}; saved as {result['output']}.")
+
+
+def describe_consistency(figures: dict[str, str], back_projected: bool) -> str:
+    """The measured agreement of an output with its input, from the result's `consistency` items, in one line.
+
+    Shown after every run, with the option on or off, so the user sees how far the
+    synthesised detail strays from what the sensor observed.
+    """
+    how = " (back-projected to the input)" if back_projected else ""
+    if "SLIMDIFFSR_CONSISTENCY_MAD_FRACTION" not in figures:
+        return f"Consistency{how}: not measured, the centre of the input window has no valid pixel to compare with."
+    fraction = 100 * float(figures["SLIMDIFFSR_CONSISTENCY_MAD_FRACTION"])
+    shift_x, shift_y = (_two_decimals(float(v)) for v in figures["SLIMDIFFSR_CONSISTENCY_SHIFT"].split(","))
+    line = (f"Consistency{how}: output reduced to the input grid differs by {_two_decimals(fraction)} % of the "
+            f"input's range, shift x/y {shift_x}/{shift_y} input px")
+    if "SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE" in figures:
+        line += f", spectral angle {_two_decimals(float(figures['SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE']))} degrees"
+    return line + "."
+
+
+def _two_decimals(value: float) -> str:
+    """`value` to two decimals, without the "-0.00" of a tiny negative number."""
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
 
 
 class Job:
@@ -83,4 +108,5 @@ class Job:
         result = self.client.run(request, progress=progress, is_cancelled=is_cancelled)
         on_progress(100.0, "Building overviews...")
         overviews = build_overviews(result["output"])
-        return JobOutcome(plan, result, overviews, cuda_notice(self.client.hello, request.device))
+        return JobOutcome(plan, result, overviews, cuda_notice(self.client.hello, request.device),
+                          describe_consistency(result.get("consistency") or {}, request.consistency))

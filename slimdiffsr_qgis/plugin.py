@@ -17,12 +17,12 @@ from qgis.PyQt.QtWidgets import QAction
 
 from .backend_check import BackendStatus, check_backend, check_new_backend
 from .backend_setup import SetupError, backend_package
-from .client import BackendClient, BackendError
+from .client import BackendClient
 from .dock import SuperResolveDock
 from .download_plan import nvidia_gpus
 from .icons import icon_path
-from .interpreter import (InterpreterNotFound, LaunchSpec, QgisPython, backend_launch, current_platform_is_windows,
-                          find_backend_python, first_run_venv)
+from .interpreter import (LaunchSpec, QgisPython, backend_launch, current_platform_is_windows, find_backend_python,
+                          first_run_venv)
 from .provider import SlimDiffSRProvider
 from .settings import load_proxy, load_settings, save_settings
 
@@ -71,7 +71,8 @@ class SlimDiffSRPlugin:
         self.action: Optional[QAction] = None
         self.setup_dialog = None
         self.backend_status: Optional[BackendStatus] = None
-        self._check_thread: Optional[threading.Thread] = None
+        self._checking = False
+        self._check_again = False
         self._relay = _StatusRelay()
         self._relay.checked.connect(self._show_backend_status)
 
@@ -88,35 +89,45 @@ class SlimDiffSRPlugin:
                                    running_qgis_python(self.windows))
 
     def launch_spec(self) -> LaunchSpec:
-        """How the client starts the backend; a missing interpreter becomes a BackendError to show."""
-        try:
-            python = self.backend_python()
-        except InterpreterNotFound as error:
-            raise BackendError("not_found", str(error)) from None
-        return backend_launch(python, PLUGIN_DIR, self.windows, os.environ, tempfile.gettempdir())
+        """How the client starts the backend; raises InterpreterNotFound (the client reports it as a missing
+        dependency, so the panel offers set-up)."""
+        return backend_launch(self.backend_python(), PLUGIN_DIR, self.windows, os.environ, tempfile.gettempdir())
 
-    def check_backend(self) -> None:
+    def check_backend(self, restart: bool = False) -> None:
         """Check in the background whether the backend answers a ping; the panel's Backend box follows the answer.
 
-        The box stays visible until the backend answers, with what is missing
-        (the interpreter, GDAL, PyTorch or the backend package) in the status line.
-        A check already under way is not started twice.
+        Runs when the panel is first shown, after set-up and after the Backend
+        Python changes (restart: stop the backend running from the old one first),
+        never at QGIS start. The backend that answers stays running: the user
+        opened the panel to use it. A check asked for while one is under way runs
+        after it, since the answer under way is about the settings before the change.
         """
-        if self._check_thread is not None and self._check_thread.is_alive():
-            return
-        client = self.client()
-        self._check_thread = threading.Thread(
-            target=lambda: self._relay.checked.emit(check_backend(client, self.launch_spec)),
-            name="slimdiffsr-check", daemon=True)
-        self._check_thread.start()
-
-    def _show_backend_status(self, status: BackendStatus) -> None:
-        self.backend_status = status
         if self.dock is None:
             return
-        self.dock.setup_box.setVisible(not status.ready)
-        if not status.ready:
-            self.dock.show_status(status.message, error=True)
+        self.dock.show_backend_checking()
+        if self._checking:
+            self._check_again = True
+            return
+        self._checking, self._check_again = True, False
+        client = self.client()
+
+        def check() -> None:
+            if restart:
+                client.stop()
+            self._relay.checked.emit(check_backend(client, self.launch_spec))
+
+        # Not joined on unload: closing the client cuts a check's backend start short.
+        threading.Thread(target=check, name="slimdiffsr-check", daemon=True).start()
+
+    def _show_backend_status(self, status: BackendStatus) -> None:
+        self._checking = False
+        if self.dock is None:
+            return
+        if self._check_again:
+            self.check_backend(restart=True)
+            return
+        self.backend_status = status
+        self.dock.show_backend_status(status)
 
     # ----- QGIS hooks -----
     def initProcessing(self) -> None:  # noqa: N802 (QGIS hook)
@@ -128,7 +139,8 @@ class SlimDiffSRPlugin:
     def initGui(self) -> None:  # noqa: N802 (QGIS hook)
         """Add the provider, the dock (docked right) and a menu/toolbar action that shows it."""
         self.initProcessing()
-        self.dock = SuperResolveDock(self.iface, self.client(), self.open_setup, False, self.iface.mainWindow())
+        self.dock = SuperResolveDock(self.iface, self.client(), self.open_setup, self.check_backend,
+                                     self.iface.mainWindow())
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.action = QAction(QIcon(icon_path("slimdiffsr.svg")), "SlimDiffSR super-resolution",
                               self.iface.mainWindow())
@@ -138,10 +150,9 @@ class SlimDiffSRPlugin:
         self.dock.visibilityChanged.connect(self.action.setChecked)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addRasterToolBarIcon(self.action)
-        self.check_backend()
 
     def unload(self) -> None:
-        """Remove everything initGui added and stop the backend process."""
+        """Remove everything initGui added and stop the backend process, without waiting on a backend check."""
         if self.dock is not None:
             self.dock.shutdown()
             self.iface.removeDockWidget(self.dock)
@@ -155,11 +166,8 @@ class SlimDiffSRPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        if self._check_thread is not None:
-            self._check_thread.join()
-            self._check_thread = None
         if self._client is not None:
-            self._client.stop()
+            self._client.close()
             self._client = None
 
     # ----- first-run set-up -----
@@ -192,8 +200,10 @@ class SlimDiffSRPlugin:
         settings = load_settings()
         settings.backend_python = python
         save_settings(settings)
-        self.client().stop()
         if self.dock is not None:
+            # Quietly: the panel would otherwise check once for the new path and once more below.
+            self.dock.python_widget.blockSignals(True)
             self.dock.python_widget.setFilePath(python)
+            self.dock.python_widget.blockSignals(False)
             self.dock.show_status("The backend is set up; press Super-resolve.")
-        self.check_backend()
+        self.check_backend(restart=True)

@@ -46,12 +46,13 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> Optional[str]:
 def build_request(*, input_path: str, output_path: str, scale: int, extent: Optional[QgsRectangle] = None,
                   extent_crs: Optional[QgsCoordinateReferenceSystem] = None, bands: Optional[Sequence[int]] = None,
                   rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = 256,
-                  overlap: int = 32, overwrite: bool = False) -> RunRequest:
+                  overlap: int = 32, overwrite: bool = False, consistency: bool = False) -> RunRequest:
     """The `run` request, checked by the contract (BadInput names the bad field).
 
     extent None (or empty) means the whole raster; empty `weights` means the
     weights shipped with the backend; empty `bands` writes every band; empty
-    `rgb` lets the backend choose the colour triplet.
+    `rgb` lets the backend choose the colour triplet; `consistency` back-projects
+    the output onto the input.
     """
     has_extent = extent is not None and not extent.isEmpty()
     return RunRequest(
@@ -67,6 +68,7 @@ def build_request(*, input_path: str, output_path: str, scale: int, extent: Opti
         tile=tile,
         overlap=overlap,
         overwrite=overwrite,
+        consistency=consistency,
     )
 
 

@@ -8,13 +8,16 @@ from typing import Optional
 
 from qgis.core import QgsSettings
 
+from .contract import DEVICES
 from .download_plan import Proxy, proxy_from_qgis
 
 PREFIX = "slimdiffsr/"
-DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 # QGIS's own network settings that first-run set-up hands to pip.
+# What every profile stored as its PyTorch requirement when that was a setting with this default; it
+# never was the user's choice, so it reads as "let set-up choose" (which picks the CPU or CUDA build).
+OLD_DEFAULT_TORCH_REQUIREMENT = "torch==2.13.0"
 PROXY_KEYS = ("proxy/proxyEnabled", "proxy/proxyType", "proxy/proxyHost", "proxy/proxyPort", "proxy/proxyUser",
               "proxy/proxyPassword")
 
@@ -49,6 +52,7 @@ def load_settings() -> PluginSettings:
     stored = QgsSettings()
     defaults = PluginSettings()
     device = str(stored.value(PREFIX + "device", defaults.device))
+    torch_requirement = str(stored.value(PREFIX + "torch_requirement", defaults.torch_requirement) or "").strip()
     return PluginSettings(
         backend_python=str(stored.value(PREFIX + "backend_python", defaults.backend_python) or ""),
         weights=str(stored.value(PREFIX + "weights", defaults.weights) or ""),
@@ -56,7 +60,7 @@ def load_settings() -> PluginSettings:
         tile=int(stored.value(PREFIX + "tile", defaults.tile)),
         overlap=int(stored.value(PREFIX + "overlap", defaults.overlap)),
         output_folder=str(stored.value(PREFIX + "output_folder", defaults.output_folder) or ""),
-        torch_requirement=str(stored.value(PREFIX + "torch_requirement", defaults.torch_requirement) or ""),
+        torch_requirement="" if torch_requirement == OLD_DEFAULT_TORCH_REQUIREMENT else torch_requirement,
     )
 
 

@@ -11,11 +11,14 @@ from osgeo import gdal
 from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
                        QgsRectangle)
 
-from plugin_fixtures import wait_until, write_rgb, write_tiny_weights
+from plugin_fixtures import wait_until, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
 from slimdiffsr_qgis.contract import SUPPORTED_SCALES
+from slimdiffsr_qgis.interpreter import QgisPython, find_backend_python
+from slimdiffsr_qgis.job import describe_consistency
+from slimdiffsr_qgis.settings import load_settings
 from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
 from slimdiffsr_qgis.shipped_weights import shipped_scales
 
@@ -327,3 +330,87 @@ def test_a_one_tile_run_shows_a_busy_bar_until_its_tile_and_counts_what_the_esti
     assert first_tile > 0 and all(percent is None for percent, _ in seen[:first_tile]), "busy until the first tile"
     counted = [text for _, text in seen if text.startswith("tile pass")]
     assert plans[0]["tiles"] == 1 and counted[-1] == f"tile pass {plans[0]['steps']} of {plans[0]['steps']}"
+
+
+def test_no_interpreter_found_anywhere_fails_the_run_and_the_check_and_offers_set_up(plugin, dock, tmp_path,
+                                                                                    monkeypatch):
+    nowhere = QgisPython(str(tmp_path / "qgis" / "bin" / "qgis"), str(tmp_path / "qgis"), (3, 11),
+                         str(tmp_path / "qgis"), False)
+    monkeypatch.setattr(plugin, "backend_python", lambda: find_backend_python(
+        "", tmp_path / "profile", tmp_path / "plugin", nowhere))
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 32, 16), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.setup_box.setVisible(False)
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the failing task")
+    assert "no Python interpreter for the SlimDiffSR backend was found" in dock.status_label.text()
+    assert not dock.setup_box.isHidden(), "set-up is offered"
+    plugin.check_backend()
+    wait_until(lambda: plugin.backend_status is not None, BOUND, "the backend check")
+    assert plugin.backend_status.missing == "interpreter" and "was found" in dock.setup_label.text()
+
+
+def test_changing_the_backend_python_checks_the_backend_again(plugin, dock, tmp_path):
+    assert dock.setup_label.text() == "Checking the backend..." and plugin.backend_status is None
+    dock.python_widget.setFilePath(str(tmp_path / "gone" / "python"))
+    try:
+        wait_until(lambda: plugin.backend_status is not None, BOUND, "the check of the chosen interpreter")
+        assert plugin.backend_status.missing == "interpreter" and not plugin.backend_status.ready
+        assert not dock.setup_box.isHidden() and "cannot run" in dock.setup_label.text()
+    finally:
+        plugin.backend_status = None
+        dock.python_widget.setFilePath("")
+    assert dock.setup_label.text() == "Checking the backend..." and not dock.setup_box.isHidden()
+    wait_until(lambda: plugin.backend_status is not None, BOUND, "the check of the discovered interpreter")
+    assert plugin.backend_status.ready, plugin.backend_status.message
+    assert dock.setup_box.isHidden() and dock.client.is_running()
+
+
+@pytest.mark.parametrize("ticked", [True, False], ids=["consistent", "plain"])
+def test_the_result_line_gives_the_consistency_figures_and_the_checkbox_reaches_the_request(qgis_iface, dock,
+                                                                                           tmp_path, ticked):
+    dock.weights_widget.setFilePath(write_tiny_shipped_like_weights(tmp_path / "shipped_like.safetensors"))
+    layer = add_raster(write_rgb(tmp_path / "in.tif", 40, 24), "in")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    assert not dock.consistency_check.isChecked(), "off by default"
+    dock.consistency_check.setChecked(ticked)
+    task = dock.start()
+    assert task.job.request.consistency is ticked
+    wait_until(lambda: dock.task is None, BOUND, "the run")
+    assert dock.last_layer is not None, dock.status_label.text()
+    dataset = gdal.Open(dock.last_layer.source())
+    metadata = dataset.GetMetadata()
+    dataset = None
+    assert metadata["SLIMDIFFSR_CONSISTENCY"] == ("back-projected to the input" if ticked else "off")
+    figures = {key: value for key, value in metadata.items() if key.startswith("SLIMDIFFSR_CONSISTENCY_")}
+    assert task.outcome.result["consistency"] == figures
+    line = dock.status_label.text().splitlines()[-1]
+    assert line == describe_consistency(figures, ticked)
+    percent = f"{100 * float(figures['SLIMDIFFSR_CONSISTENCY_MAD_FRACTION']):.2f} % of the input's range"
+    assert line.startswith("Consistency") and percent in line and "shift x/y" in line and "spectral angle" in line
+
+
+def test_the_consistency_line_reads_the_result_figures():
+    figures = {"SLIMDIFFSR_CONSISTENCY_MAD": "0.2,0.3", "SLIMDIFFSR_CONSISTENCY_MAD_FRACTION": "0.000912",
+               "SLIMDIFFSR_CONSISTENCY_SHIFT": "-0.0012,0.2500"}
+    assert describe_consistency(figures, True) == (
+        "Consistency (back-projected to the input): output reduced to the input grid differs by 0.09 % of the "
+        "input's range, shift x/y 0.00/0.25 input px.")
+    angled = describe_consistency({**figures, "SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE": "1.234"}, False)
+    assert angled.startswith("Consistency: ") and angled.endswith(", spectral angle 1.23 degrees.")
+    assert "not measured" in describe_consistency({}, False)
+
+
+def test_clearing_the_pytorch_field_lets_set_up_choose_again(dock):
+    assert dock.torch_edit.placeholderText() == "empty: CPU build, or CUDA when ticked in set-up"
+    custom = "torch==2.13.0 --index-url https://example.invalid/cu"
+    try:
+        dock.torch_edit.setText(custom)
+        dock.torch_edit.editingFinished.emit()
+        assert load_settings().torch_requirement == custom
+    finally:
+        dock.torch_edit.setText("")
+        dock.torch_edit.editingFinished.emit()
+    assert load_settings().torch_requirement == ""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -14,9 +16,10 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
 from qgis.PyQt.QtWidgets import QDockWidget
 
-from plugin_fixtures import REPO, extract_into_profile, plugin_zip, wait_until
+from plugin_fixtures import REPO, backend_python, extract_into_profile, plugin_zip, wait_until
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from slimdiffsr_qgis import classFactory
+from slimdiffsr_qgis.settings import load_settings, save_settings
 
 BACKEND_THREADS = {"slimdiffsr-events", "slimdiffsr-stderr"}
 CHECK_BOUND_S = 120.0
@@ -27,11 +30,13 @@ REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "vers
 
 @pytest.fixture
 def real_docking(qgis_iface, monkeypatch):
-    """pytest-qgis's interface ignores dock widgets; dock them into its real main window instead."""
+    """pytest-qgis's interface ignores dock widgets; dock them into its real main window instead (hidden until
+    the test shows it, as QGIS's window is while plugins load)."""
     window = qgis_iface.mainWindow()
     monkeypatch.setattr(qgis_iface, "addDockWidget", lambda area, dock: window.addDockWidget(area, dock))
     monkeypatch.setattr(qgis_iface, "removeDockWidget", lambda dock: window.removeDockWidget(dock))
-    return window
+    yield window
+    window.hide()
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,11 @@ def test_class_factory_adds_dock_menu_and_provider_and_unload_removes_all(qgis_i
     assert registry.providerById("slimdiffsr") is not None
     assert registry.algorithmById("slimdiffsr:superresolve") is not None
     assert docks(real_docking) == [plugin.dock] and plugin.dock.isVisibleTo(real_docking)
+    assert plugin.dock.setup_label.text() == "Checking the backend..."
+    QCoreApplication.processEvents()
+    assert plugin.client().starts == 0, "no backend before the panel is shown"
+
+    real_docking.show()
     assert not plugin.dock.setup_box.isHidden(), "the Backend box shows until the backend answers a ping"
     wait_until(lambda: plugin.backend_status is not None, CHECK_BOUND_S, "the backend check")
     assert plugin.backend_status.ready, plugin.backend_status.message
@@ -68,6 +78,33 @@ def test_class_factory_adds_dock_menu_and_provider_and_unload_removes_all(qgis_i
     assert qgis_iface.removePluginRasterMenu.call_args_list[-1].args[0] == "&SlimDiffSR"
     assert process.poll() is not None, "the backend process is still running"
     assert not BACKEND_THREADS & {t.name for t in threading.enumerate()}, "reader threads leaked"
+
+
+def test_unloading_during_a_backend_check_cuts_the_backend_start_short(qgis_iface, qgis_processing, tmp_path):
+    # An interpreter that passes the check's probe but whose backend never says hello, as a slow first
+    # PyTorch import would for a while: the check then waits up to the client's hello timeout.
+    silent = tmp_path / "python"
+    silent.write_text(f'#!/bin/sh\ncase "$*" in *backend.server*) exec sleep 600;; esac\nexec {backend_python()} "$@"\n')
+    silent.chmod(0o755)
+    before = load_settings()
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        client = plugin.client()
+        plugin.dock.python_widget.setFilePath(str(silent))
+        wait_until(lambda: client._process is not None, CHECK_BOUND_S, "the check to start the backend")
+        starting = client._process
+        assert client.hello is None and plugin.dock.setup_label.text() == "Checking the backend..."
+        began = time.monotonic()
+        plugin.unload()
+        assert time.monotonic() - began < client._hello_timeout / 4, "unload waited for the backend's hello"
+        assert starting.poll() is not None, "the starting backend was stopped"
+        wait_until(lambda: "slimdiffsr-check" not in {t.name for t in threading.enumerate()}, CHECK_BOUND_S,
+                   "the check to end")
+        assert not BACKEND_THREADS & {t.name for t in threading.enumerate()}, "reader threads leaked"
+        assert client.starts == 1 and not client.is_running()
+    finally:
+        save_settings(dataclasses.replace(load_settings(), backend_python=before.backend_python))
 
 
 def test_the_zip_has_one_top_folder_with_metadata_icons_license_and_the_backend_wheel(zip_path):
@@ -120,11 +157,12 @@ def test_the_zip_in_a_fresh_profile_is_found_and_started_by_qgis_plugin_loader(q
         icon = sys.modules["slimdiffsr_qgis.icons"].icon_path("slimdiffsr.svg")
         assert Path(icon).parent == plugins / "slimdiffsr_qgis" / "resources" / "icons"
         assert not plugin.action.icon().isNull()
+        real_docking.show()
         assert not plugin.dock.setup_box.isHidden(), "a fresh profile has no backend yet: set-up is offered"
         wait_until(lambda: plugin.backend_status is not None, CHECK_BOUND_S, "the backend check")
         assert not plugin.backend_status.ready and not plugin.dock.setup_box.isHidden()
         assert plugin.backend_status.missing == "torch", "QGIS's own Python has GDAL but no PyTorch"
-        assert "no PyTorch" in plugin.dock.status_label.text()
+        assert "no PyTorch" in plugin.dock.setup_label.text()
         assert qgis.utils.unloadPlugin("slimdiffsr_qgis")
         assert QgsApplication.processingRegistry().providerById("slimdiffsr") is None
         assert docks(real_docking) == []

@@ -27,11 +27,16 @@ BOUND = 90.0
 
 
 class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps the warnings an algorithm pushes, to check which notices a run shows."""
+    """Keeps the messages and warnings an algorithm pushes, to check what a run shows."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.infos: list[str] = []
         self.warnings: list[str] = []
+
+    def pushInfo(self, info: str) -> None:  # noqa: N802 (QGIS hook)
+        self.infos.append(info)
+        super().pushInfo(info)
 
     def pushWarning(self, warning: str) -> None:  # noqa: N802 (QGIS hook)
         self.warnings.append(warning)
@@ -174,9 +179,10 @@ def test_the_provider_and_its_algorithm_are_registered_with_help(plugin):
     algorithm = QgsApplication.processingRegistry().algorithmById("slimdiffsr:superresolve")
     assert algorithm is not None and algorithm.displayName() == "Super-resolve raster"
     names = [p.name() for p in algorithm.parameterDefinitions()]
-    assert names == ["INPUT", "EXTENT", "BANDS", "RGB", "SCALE", "WEIGHTS", "DEVICE", "TILE_SIZE", "OVERLAP",
-                     "OUTPUT"]
-    assert "synthesised" in algorithm.shortHelpString()
+    assert names == ["INPUT", "EXTENT", "BANDS", "RGB", "SCALE", "WEIGHTS", "DEVICE", "CONSISTENCY", "TILE_SIZE",
+                     "OVERLAP", "OUTPUT"]
+    assert algorithm.parameterDefinition("CONSISTENCY").defaultValue() is False
+    assert "synthesised" in algorithm.shortHelpString() and "CONSISTENCY: " in algorithm.shortHelpString()
 
 
 def test_the_help_is_plain_text_and_says_how_to_give_the_scale(plugin):
@@ -341,3 +347,26 @@ def test_every_input_kind_comes_out_whole_through_processing_run(plugin, tmp_pat
                                                    "OUTPUT": str(output)})
         check_output(inputs[case.name], str(output))
     assert_only(out_dir, [f"{case.name}_x4.tif" for case in input_cases()])
+
+
+@pytest.mark.parametrize("consistency", [True, False], ids=["consistent", "plain"])
+def test_consistency_reaches_the_request_and_the_log_gives_the_figures(plugin, tmp_path, consistency):
+    import processing
+
+    from slimdiffsr_qgis.job import describe_consistency
+
+    weights = write_tiny_shipped_like_weights(tmp_path / "tiny_shipped_x4.safetensors")
+    feedback = RecordingFeedback()
+    parameters = {"INPUT": write_rgb(tmp_path / "in.tif", 40, 24), "SCALE": 4, "WEIGHTS": weights, "DEVICE": "cpu",
+                  "TILE_SIZE": 16, "OVERLAP": 2, "OUTPUT": str(tmp_path / "out.tif")}
+    if consistency:
+        parameters["CONSISTENCY"] = True
+    result = processing.run("slimdiffsr:superresolve", parameters, feedback=feedback)
+    dataset = gdal.Open(result["OUTPUT"])
+    metadata = dataset.GetMetadata()
+    dataset = None
+    assert metadata["SLIMDIFFSR_CONSISTENCY"] == ("back-projected to the input" if consistency else "off")
+    figures = {key: value for key, value in metadata.items() if key.startswith("SLIMDIFFSR_CONSISTENCY_")}
+    assert "SLIMDIFFSR_CONSISTENCY_MAD_FRACTION" in figures and "SLIMDIFFSR_CONSISTENCY_SHIFT" in figures
+    line = describe_consistency(figures, consistency)
+    assert line in feedback.infos and "differs by" in line
