@@ -8,8 +8,9 @@ the backend setting at this checkout's venv (first-run set-up would download PyT
 Xvfb and, through QGIS's --code hook (which calls `inside_qgis` below):
 1. loads the sample Sentinel-2 raster, presses Super-resolve in the dock for the middle of the map, and
    saves the main window as `dock.png` once the result is on the map;
-2. runs `processing.run("slimdiffsr:superresolve", ...)` on the same raster with SCALE 4 as an integer,
-   loads its output, and saves `processing.png`;
+2. runs `processing.runAndLoadResults("slimdiffsr:superresolve", ...)` on the same raster with SCALE 4 as
+   an integer, as the Processing dialog does: the algorithm's post-processor gives the loaded result the
+   input's renderer and a unique name, and `processing.png` shows it;
 3. writes `desktop_check.json`: what each step produced (layer names, band count, renderer type, the
    dock's status line, errors), which the script checks before it exits 0.
 Not part of `make test`: it needs the desktop package and a virtual screen.
@@ -69,6 +70,11 @@ def check_report(report: dict) -> list[str]:
         problems.append(f"processing.run failed: {processing['error']}")
     elif processing.get("bands") != 3:
         problems.append(f"the Processing result has {processing.get('bands')} bands, not 3")
+    elif processing.get("renderer") != dock.get("renderer"):
+        problems.append(f"the Processing result is drawn by {processing.get('renderer')}, the dock's by "
+                        f"{dock.get('renderer')}: the input's style was not copied")
+    if dock.get("layer") and "Consistency" not in dock.get("status", ""):
+        problems.append("the dock's result line gives no consistency figures")
     for name in ("dock.png", "processing.png"):
         if name not in report.get("screenshots", []):
             problems.append(f"no screenshot {name}")
@@ -195,15 +201,20 @@ def inside_qgis(config_json: str) -> None:
 
         output = str(Path(config["results"]) / "processing_x4.tif")
         try:
-            result = processing.run("slimdiffsr:superresolve", {
+            result = processing.runAndLoadResults("slimdiffsr:superresolve", {
                 "INPUT": state["layer"], "SCALE": 4, "DEVICE": "cpu", "OUTPUT": output,
                 **({"WEIGHTS": config["weights"]} if config["weights"] else {})})
         except Exception as error:  # the report says what failed; the check turns it into exit 1
             report["processing"] = {"error": f"{type(error).__name__}: {error}"}
             finish(1)
             return
-        layer = QgsRasterLayer(result["OUTPUT"], "Processing result x4")
-        QgsProject.instance().addMapLayer(layer)
+        loaded = [other for other in QgsProject.instance().mapLayers().values()
+                  if other.source() == result["OUTPUT"]]
+        if not loaded:
+            report["processing"] = {"error": f"the result {result['OUTPUT']} was not loaded"}
+            finish(1)
+            return
+        layer = loaded[0]
         report["processing"] = describe(layer)
         iface.setActiveLayer(layer)
         after_render(lambda: (screenshot("processing.png"), finish(0)), 2500)
