@@ -24,6 +24,8 @@ from .raster import SourceRaster, Window, open_dataset
 # Largest side, in input pixels, of the part of an output that a check reads: enough pixels for stable
 # means and a sharp correlation peak, little enough to add well under a second to a run.
 CHECK_SIDE = 256
+METADATA_PREFIX = "SLIMDIFFSR_"
+CONSISTENCY_PREFIX = "SLIMDIFFSR_CONSISTENCY_"
 BANDS_KEY = "SLIMDIFFSR_BANDS"
 
 
@@ -107,3 +109,21 @@ def _output_offset(dataset: gdal.Dataset, source: SourceRaster, window: Window, 
         raise BadInput(f"{output} does not cover whole input pixels of the window it lies over; "
                        "check that it was made from this input")
     return column, row
+
+
+def describe_output(path: str) -> str:
+    """What a slimdiffsr output says about itself: size, provenance and its recorded consistency figures."""
+    dataset = open_dataset(path)
+    width, height, count = dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount
+    items = {key: value for key, value in dataset.GetMetadata().items() if key.startswith(METADATA_PREFIX)}
+    dataset = None
+    if not items:
+        raise BadInput(f"{path} carries no SlimDiffSR metadata; to score another tool's output against its "
+                       f"input, run: slimdiffsr check {path} --input INPUT")
+    lines = [f"{path}: {width} x {height} px, {count} band(s)"]
+    lines += [f"{key[len(METADATA_PREFIX):].lower()}: {value}" for key, value in sorted(items.items())
+              if not key.startswith(CONSISTENCY_PREFIX)]
+    figures = ConsistencyFigures.from_metadata(items)
+    lines += ["consistency with the input (its central part):"]
+    lines += ["  " + line for line in figures.describe()] if figures else ["  not recorded"]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The `slimdiffsr` command: run, serve, info and bench, without QGIS.
+"""The `slimdiffsr` command: run, check, serve, info and bench, without QGIS.
 
 Exit codes: 0 success, 2 bad input (the message says what to change, including
 files that cannot be read or written), 1 internal error (a bug: -v shows the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
@@ -106,9 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--normalisation", help="fixed:LO,HI or percentile:PLO,PHI (default: the weights' own)")
     run.add_argument("--float32", action="store_true", help="write float32 instead of the input's data type")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    run.add_argument("--consistency", choices=("off", "on"), default="off",
+                     help="on: back-project each tile so the output, reduced to the input grid, reproduces the "
+                          "input (costs little; gains a little on clean imagery, loses on noisy or compressed "
+                          "imagery, whose noise it keeps); the figures are recorded either way")
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int,
+                         help="run the inputs as tasks on a local Dask cluster of this many worker processes")
+    cluster.add_argument("--scheduler", help="run the inputs on an existing Dask cluster at this address, e.g. "
+                                             "tcp://10.0.0.5:8786 (its workers must see the paths)")
 
-    info = commands.add_parser("info", parents=[verbose], help="describe a weights file, or this machine's set-up")
-    info.add_argument("weights", nargs="?", help="a .safetensors weights file")
+    check = commands.add_parser("check", parents=[verbose],
+                                help="consistency of a super-resolved raster with its input (any tool's output)",
+                                description="slimdiffsr check OUTPUT --input INPUT: the output reduced to the "
+                                            "input grid against the input")
+    check.add_argument("output", help="a super-resolved raster")
+    check.add_argument("--input", required=True, help="the raster it was made from")
+    check.add_argument("--bands", type=lambda t: _numbers(t, int, None, "--bands"),
+                       help="the input bands the output's bands come from (default: as recorded by slimdiffsr, "
+                            "else 1, 2, ...)")
+
+    info = commands.add_parser("info", parents=[verbose],
+                               help="describe a weights file, an output raster, or this machine's set-up")
+    info.add_argument("weights", nargs="?", metavar="FILE",
+                      help="a .safetensors weights file, or a GeoTIFF written by slimdiffsr")
 
     commands.add_parser("serve", parents=[verbose],
                         help="the backend process: JSON lines on stdin/stdout (used by the QGIS plugin)")
@@ -128,16 +150,27 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
     common = dict(scale=args.scale, extent=args.extent, extent_crs=args.extent_crs, bands=args.bands,
                   rgb=args.rgb, weights=args.weights, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
                   normalisation=args.normalisation, output_dtype="float32" if args.float32 else "same",
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, consistency=args.consistency == "on")
     if args.out_dir:
         folder = Path(args.out_dir)
-        outputs = [str(folder / f"{Path(p).stem}_x{args.scale}.tif") for p in args.paths]
+        outputs = [str(folder / f"{output_stem(p)}_x{args.scale}.tif") for p in args.paths]
         if len(set(outputs)) != len(outputs):
             raise BadInput("two inputs share a file name, so their outputs in --out-dir would collide; rename one")
         return [RunRequest(input=p, output=o, **common) for p, o in zip(args.paths, outputs)]
     if len(args.paths) != 2:
         raise BadInput("give IN OUT, or several inputs with --out-dir DIR")
+    if args.workers or args.scheduler:
+        raise BadInput("--workers and --scheduler run several inputs: give them with --out-dir DIR")
     return [RunRequest(input=args.paths[0], output=args.paths[1], **common)]
+
+
+def output_stem(source: str) -> str:
+    """A file-name stem for an input's output: the file's stem, plus the subdataset of a GDAL connection
+    string (NETCDF:"f.nc":red -> f_red), with characters a file name should not hold replaced."""
+    text = re.sub(r"^[A-Z][A-Z0-9_]+:", "", source.replace('"', ""))  # a driver prefix such as NETCDF:
+    file, _, subdataset = text.partition(":")
+    parts = (Path(file).stem, subdataset)
+    return "_".join(filter(None, (re.sub(r"[^\w.-]+", "_", part).strip("_") for part in parts))) or "raster"
 
 
 class _Progress:
@@ -176,6 +209,8 @@ def _run(args: argparse.Namespace, signals: Signals) -> int:
     if args.model == "bicubic":
         print("note: --model bicubic is the classical baseline (interpolation), not super-resolution",
               file=sys.stderr)
+    if args.workers or args.scheduler:
+        return _run_on_cluster(args, requests, signals)
     for request, plan in zip(requests, plans):
         print(f"{request.input} -> {request.output}: {plan.width} x {plan.height} px, {plan.bands} band(s) "
               f"{plan.dtype}, up to {human_size(plan.output_bytes)} ({human_size(plan.free_bytes)} free), "
@@ -191,7 +226,42 @@ def _run(args: argparse.Namespace, signals: Signals) -> int:
     return 0
 
 
+def _run_on_cluster(args: argparse.Namespace, requests: list[RunRequest], signals: Signals) -> int:
+    from .cluster import connect, run_on_cluster
+
+    client = connect(args.workers, args.scheduler)
+    where = f"{args.workers} local worker(s)" if args.workers else f"the cluster at {args.scheduler}"
+    print(f"{len(requests)} scene(s) on {where}", file=sys.stderr, flush=True)
+    progress = _Progress("scenes")
+    signals.in_run = True
+    try:
+        results = run_on_cluster(client, requests, progress, signals.should_cancel)
+    finally:
+        signals.in_run = False
+        progress.close()
+        cluster = getattr(client, "cluster", None) if args.workers else None
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    for result in results:
+        print(f"wrote {result['output']} in {result['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_files
+
+    for line in check_files(args.output, args.input, args.bands).describe():
+        print(line)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
+    if args.weights and not args.weights.lower().endswith(".safetensors"):
+        from .check import describe_output
+
+        print(describe_output(args.weights))
+        return 0
     if args.weights:
         from .models.summary import describe
 
@@ -251,6 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run(args, signals)
         if args.command == "info":
             return _info(args)
+        if args.command == "check":
+            return _check(args)
         return _bench(args)
     except (Cancelled, Interrupted, KeyboardInterrupt) as error:
         signum = getattr(error, "signum", None) or signals.received or signal.SIGINT

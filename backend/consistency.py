@@ -48,6 +48,17 @@ class ConsistencyFigures:
             items["SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE"] = f"{self.spectral_angle_degrees:.6g}"
         return items
 
+    @classmethod
+    def from_metadata(cls, items: dict[str, str]) -> Optional["ConsistencyFigures"]:
+        """The figures recorded in an output's metadata, or None when it carries none."""
+        if "SLIMDIFFSR_CONSISTENCY_MAD" not in items:
+            return None
+        shift_x, shift_y = (float(v) for v in items["SLIMDIFFSR_CONSISTENCY_SHIFT"].split(","))
+        angle = items.get("SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE")
+        return cls(tuple(float(v) for v in items["SLIMDIFFSR_CONSISTENCY_MAD"].split(",")),
+                   float(items["SLIMDIFFSR_CONSISTENCY_MAD_FRACTION"]), None if angle is None else float(angle),
+                   shift_x, shift_y)
+
     def describe(self) -> list[str]:
         """Lines for people: what each figure is and its value."""
         lines = [
