@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_fixtures import REPO, backend_python, write_rgb, write_tiny_weights
+from plugin_fixtures import REPO, backend_python, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
 from server_helpers import WAIT, RawServer
 from backend.server import missing_dependency
 from slimdiffsr_qgis.contract import PROTOCOL_VERSION
@@ -53,6 +53,27 @@ def test_run_streams_progress_then_result_and_serves_many_requests_with_one_mode
     assert server.process.wait(timeout=WAIT) == 0
     log = server.log()
     assert log.count("model: tiny.safetensors") == 1, f"the model was not loaded exactly once:\n{log}"
+
+
+def test_a_run_with_consistency_reports_its_figures_in_the_result_and_the_file(server, tmp_path):
+    from osgeo import gdal
+
+    server.event()
+    raster = write_rgb(tmp_path / "in.tif", 48, 32)
+    weights = write_tiny_shipped_like_weights(tmp_path / "tiny.safetensors")
+    output = str(tmp_path / "out.tif")
+    server.send({"id": "c", "op": "run", "input": raster, "output": output, "weights": weights, "tile": 16,
+                 "overlap": 2, "consistency": True})
+    result = server.until("c")[-1]
+    assert result["event"] == "result", result
+    figures = result["consistency"]
+    assert set(figures) >= {"SLIMDIFFSR_CONSISTENCY_MAD", "SLIMDIFFSR_CONSISTENCY_MAD_FRACTION",
+                            "SLIMDIFFSR_CONSISTENCY_SHIFT", "SLIMDIFFSR_CONSISTENCY_SPECTRAL_ANGLE"}
+    dataset = gdal.Open(output)
+    metadata = dataset.GetMetadata()
+    dataset = None
+    assert {key: metadata[key] for key in figures} == figures
+    assert metadata["SLIMDIFFSR_CONSISTENCY"] == "back-projected to the input"
 
 
 def test_ping_and_info_are_answered_while_a_run_is_busy(server, inputs):
