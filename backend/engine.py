@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -33,16 +34,28 @@ from .models.bicubic import BicubicUpscaler
 from .models.norm_statistics import Statistics, fixed_group_norm_statistics, has_group_norm, record_group_norm_statistics
 from .models.weights import file_sha256
 from .normalisation import Normalisation, default_spec, parse_spec, resolve
-from .raster import (OutputRaster, SourceRaster, Window, check_output_path, remove_stale_partials,
-                     set_block_cache)
+from .raster import (OutputRaster, SourceRaster, Window, check_output_path, copy_rows, remove_file,
+                     remove_stale_partials, set_block_cache)
 from .resources import default_weights_path
-from .tiling import StreamingBlender, Tile, blend_in_memory, tile_grid
+from .stages import Consume, Prefetch
+from .tiling import StreamingBlender, Tile, blend_in_memory, choose_tile, tile_grid
 
 log = logging.getLogger("slimdiffsr")
 
-# Tiles sampled for window-wide GroupNorm statistics: enough to stand for the window
-# (measured with benchmarks/seam.py), few enough to add little to a long run.
+# Tiles sampled for window-wide GroupNorm statistics, and their largest side: enough to stand for the
+# window (measured with benchmarks/seam.py), few and small enough to add little to a run (docs/performance.md).
 STATISTICS_TILES = 8
+STATISTICS_TILE_SIDE = 128
+
+# The request's tile when it names none: the engine then chooses the tile for the window and the device.
+DEFAULT_TILE = next(field.default for field in fields(RunRequest) if field.name == "tile")
+# Memory a tile's activations may take on a CPU: the compact x4 student at its largest tile then peaks
+# under 1 GiB resident with the rest of the run (docs/performance.md).
+CPU_TILE_MEMORY = 640 * 2**20
+# Share of a GPU's free memory a tile batch's activations may take (a batch holds up to 4 tiles).
+CUDA_TILE_MEMORY_FRACTION = 0.15
+# Live tensors of vae_channels floats per output pixel at the student's peak (measured: compact x4, fp32).
+HR_FEATURE_TENSORS = 4.5
 
 # The one pass of a 3-channel array: its channels through the model together.
 RGB_PASS = ((0, 1, 2),)
@@ -79,6 +92,7 @@ class RunPlan:
     passes: int  # band passes through the model: the colour triplet, then every other band alone
     steps: int  # model passes over tiles, statistics samples included: the progress total
     window: Window
+    tile: int  # the LR tile side the run uses (the request's, or chosen: `run_tile`)
 
 
 @dataclass(frozen=True)
@@ -143,60 +157,46 @@ def _autocast(device: torch.device):
 
 
 def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
-                batch: int, should_cancel: Optional[ShouldCancel] = None, progress: Optional[Progress] = None,
-                passes: Sequence[tuple[int, ...]] = RGB_PASS,
-                consistency: bool = False) -> Iterator[tuple[Tile, np.ndarray]]:
+                batch: int, should_cancel: Optional[ShouldCancel] = None, progress: Optional[Callable[[int], None]] = None,
+                passes: Sequence[tuple[int, ...]] = RGB_PASS, consistency: bool = False,
+                statistics: Optional[Sequence[Optional[Statistics]]] = None) -> Iterator[tuple[Tile, np.ndarray]]:
     """Run `model` over tiles in batches, yielding each tile's HR output [C, h*s, w*s] as float32.
 
-    read(tile) gives the tile's model input [C, h, w] in [0, 1]. Each pass feeds the
-    model the channels it names: three together (a colour triplet), or one replicated
-    to the model's three channels, whose output is the mean of the three output
-    channels. All passes of a batch run before it is yielded, so every output tile
-    is whole and is blended and written once.
-    A model with GroupNorm normalises every tile with statistics of the whole window
-    (`window_statistics`), not of the tile itself: per-tile statistics were nearly all of
-    the difference between a tiled run and a single pass (backend/models/norm_statistics.py).
-    Each pass has its own statistics, since each feeds the model different content.
-    progress(done, total) counts tile passes, the statistics passes included, so a bar moves
-    from the start; a batch's last pass counts once the caller has taken its tiles.
-    Cancellation is checked before every pass of every batch. With `consistency`, each
-    tile's output is back-projected toward its input (`backend.consistency.back_project`).
+    read(tile) gives the tile's model input [C, h, w] in [0, 1]; it runs in a reader thread a few
+    batches ahead (`backend.stages.Prefetch`), so reading and normalising overlap the model. Each pass
+    feeds the model the channels it names: three together (a colour triplet), or one replicated to the
+    model's three channels, whose output is the mean of the three output channels. All passes of a batch
+    run before it is yielded, so every output tile is whole and is blended and written once.
+    `statistics` holds each pass's shared GroupNorm statistics (`pass_statistics`); None lets every
+    tile normalise by its own content. progress(n) is called after each tile pass (a batch's last pass
+    counts once the caller has taken its tiles). Cancellation is checked before every pass of every
+    batch. With `consistency`, each tile's output is back-projected toward its input.
     """
-    sample = statistics_sample(model, tiles)
-    total = tile_passes(len(tiles), len(passes), has_group_norm(model))
-    done = 0
-
-    def reach(value: int) -> None:
-        nonlocal done
-        done = value
-        if progress is not None:
-            progress(done, total)
-
-    statistics = []
-    for channels in passes:
-        before = done
-        statistics.append(window_statistics(model, sample, lambda t, c=channels: model_input(read(t), c), device,
-                                            batch, should_cancel, lambda n, b=before: reach(b + n)))
-    for start in range(0, len(tiles), batch):
-        chunk = tiles[start:start + batch]
-        lr = np.stack([read(tile) for tile in chunk])
-        hr: Optional[np.ndarray] = None
-        for index, (channels, shared) in enumerate(zip(passes, statistics)):
-            _check_cancel(should_cancel)
-            inputs = model_input(lr, channels)
-            output = _forward(model, inputs, device, shared).float()
-            if consistency:
-                output = back_project(output, torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device),
-                                      model.scale)
-            output = output.cpu().numpy()
-            if hr is None:
-                hr = np.empty((len(chunk), lr.shape[1]) + output.shape[2:], dtype=np.float32)
-            hr[:, list(channels)] = output if len(channels) == 3 else output.mean(axis=1, keepdims=True)
-            if index < len(passes) - 1:
-                reach(done + len(chunk))
-        for tile, output in zip(chunk, hr):
-            yield tile, output
-            reach(done + 1)
+    shared = list(statistics) if statistics is not None else [None] * len(passes)
+    step = progress or (lambda n: None)
+    chunks = [tiles[start:start + batch] for start in range(0, len(tiles), batch)]
+    reader = Prefetch((chunk, np.stack([read(tile) for tile in chunk])) for chunk in chunks)
+    try:
+        for chunk, lr in reader:
+            hr: Optional[np.ndarray] = None
+            for index, (channels, pass_statistics_) in enumerate(zip(passes, shared)):
+                _check_cancel(should_cancel)
+                inputs = model_input(lr, channels)
+                output = _forward(model, inputs, device, pass_statistics_).float()
+                if consistency:
+                    output = back_project(output, torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device),
+                                          model.scale)
+                output = output.cpu().numpy()
+                if hr is None:
+                    hr = np.empty((len(chunk), lr.shape[1]) + output.shape[2:], dtype=np.float32)
+                hr[:, list(channels)] = output if len(channels) == 3 else output.mean(axis=1, keepdims=True)
+                if index < len(passes) - 1:
+                    step(len(chunk))
+            for tile, output in zip(chunk, hr):
+                yield tile, output
+                step(1)
+    finally:
+        reader.close()
 
 
 def model_input(lr: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
@@ -206,26 +206,24 @@ def model_input(lr: np.ndarray, channels: tuple[int, ...]) -> np.ndarray:
     return picked if len(channels) == 3 else np.repeat(picked, 3, axis=-3)
 
 
-def statistics_tile_count(tiles: int, group_norm: bool) -> int:
-    """How many tiles a pass samples for window-wide GroupNorm statistics: up to STATISTICS_TILES, none
-    where there is nothing to share (one tile, or a model without GroupNorm)."""
-    return min(tiles, STATISTICS_TILES) if tiles >= 2 and group_norm else 0
-
-
-def statistics_sample(model: nn.Module, tiles: list[Tile]) -> list[Tile]:
-    """The tiles whose GroupNorm statistics stand for the window's, spread evenly over it."""
-    count = statistics_tile_count(len(tiles), has_group_norm(model))
-    if not count:
+def statistics_sample(width: int, height: int, tile: int, tiles: int, group_norm: bool) -> list[Tile]:
+    """The tiles whose pooled GroupNorm statistics stand for a window's: none where there is nothing to
+    share (one tile, or a model without GroupNorm); else up to STATISTICS_TILES tiles of at most
+    STATISTICS_TILE_SIDE, spread evenly over a grid that covers the window without overlap (so a small
+    window is sampled whole)."""
+    if tiles < 2 or not group_norm:
         return []
-    return [tiles[round(i * (len(tiles) - 1) / max(count - 1, 1))] for i in range(count)]
+    grid = tile_grid(width, height, min(tile, STATISTICS_TILE_SIDE), 0)
+    count = min(len(grid), STATISTICS_TILES)
+    return [grid[round(i * (len(grid) - 1) / max(count - 1, 1))] for i in range(count)]
 
 
 def window_statistics(model: nn.Module, sample: list[Tile], read: Callable[[Tile], np.ndarray],
                       device: torch.device, batch: int, should_cancel: Optional[ShouldCancel] = None,
                       on_tiles_done: Optional[Callable[[int], None]] = None) -> Optional[Statistics]:
-    """GroupNorm statistics pooled over the `statistics_sample` tiles, or None for an empty sample.
+    """GroupNorm statistics pooled over the sampled tiles, or None for an empty sample.
     read(tile) gives the model's 3-channel input. Costs one model pass per sampled tile;
-    on_tiles_done(n) follows each batch."""
+    on_tiles_done(n) follows each batch with the n tiles it passed."""
     if not sample:
         return None
     with record_group_norm_statistics(model) as statistics:
@@ -234,8 +232,21 @@ def window_statistics(model: nn.Module, sample: list[Tile], read: Callable[[Tile
             chunk = sample[start:start + batch]
             _forward(model, np.stack([read(tile) for tile in chunk]), device, None)
             if on_tiles_done is not None:
-                on_tiles_done(start + len(chunk))
+                on_tiles_done(len(chunk))
     return dict(statistics)
+
+
+def pass_statistics(model: nn.Module, sample: list[Tile], read: Callable[[Tile], np.ndarray],
+                    passes: Sequence[tuple[int, ...]], device: torch.device, batch: int,
+                    should_cancel: Optional[ShouldCancel] = None,
+                    on_tiles_done: Optional[Callable[[int], None]] = None) -> tuple[Optional[Statistics], ...]:
+    """Each band pass's window-wide GroupNorm statistics: each pass feeds the model different content.
+
+    A model with GroupNorm normalises every tile with statistics of the whole window, not of the tile
+    itself: per-tile statistics were nearly all of the difference between a tiled run and a single pass
+    (backend/models/norm_statistics.py)."""
+    return tuple(window_statistics(model, sample, lambda t, c=channels: model_input(read(t), c), device, batch,
+                                   should_cancel, on_tiles_done) for channels in passes)
 
 
 def _check_cancel(should_cancel: Optional[ShouldCancel]) -> None:
@@ -247,7 +258,7 @@ def _forward(model: nn.Module, lr: np.ndarray, device: torch.device,
              statistics: Optional[Statistics]) -> torch.Tensor:
     """One model call on a batch [B, 3, h, w], normalising GroupNorms with `statistics` when given."""
     tensor = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # the student goes channels-last itself on a CPU, where other models may not gain
         tensor = tensor.contiguous(memory_format=torch.channels_last)
     shared = fixed_group_norm_statistics(model, statistics) if statistics else contextlib.nullcontext()
     with torch.inference_mode(), _autocast(device), shared:
@@ -257,15 +268,75 @@ def _forward(model: nn.Module, lr: np.ndarray, device: torch.device,
 def super_resolve_array(model: nn.Module, lr01: np.ndarray, tile: int, overlap: int, batch: int = 4,
                         device: str = "cpu", passes: Sequence[tuple[int, ...]] = RGB_PASS,
                         consistency: bool = False) -> np.ndarray:
-    """Tiled, blended inference on an in-memory [C, H, W] array in [0, 1] (passes as in `infer_tiles`);
-    returns [C, H*s, W*s]."""
+    """Tiled, blended inference on an in-memory [C, H, W] array in [0, 1] (passes as in `infer_tiles`,
+    statistics as in a raster run); returns [C, H*s, W*s]."""
     channels, height, width = lr01.shape
     torch_device = torch.device(device)
     model = model.to(torch_device).eval()
     tiles = tile_grid(width, height, tile, overlap)
     read = lambda t: np.ascontiguousarray(lr01[:, t.y:t.y + t.height, t.x:t.x + t.width], dtype=np.float32)
-    outputs = infer_tiles(model, tiles, read, torch_device, batch, passes=passes, consistency=consistency)
+    sample = statistics_sample(width, height, tile, len(tiles), has_group_norm(model))
+    statistics = pass_statistics(model, sample, read, passes, torch_device, batch)
+    outputs = infer_tiles(model, tiles, read, torch_device, batch, passes=passes, consistency=consistency,
+                          statistics=statistics)
     return blend_in_memory(width, height, tile, overlap, model.scale, channels, outputs)
+
+
+def largest_tile(module: nn.Module, device: torch.device) -> Optional[int]:
+    """The largest LR tile side whose activations fit the device's tile memory, for a student model
+    (None for other models: their memory is unknown, so the request's tile stands).
+
+    Estimated from the decoder's width: its HR-size features dominate (measured on the compact x4 preset,
+    fp32: about HR_FEATURE_TENSORS tensors of vae_channels floats per output pixel live at the peak).
+    """
+    config = getattr(module, "config", None)
+    channels = getattr(config, "vae_channels", None)
+    if channels is None:
+        return None
+    per_output_pixel = channels * 4 * HR_FEATURE_TENSORS
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget, per_output_pixel = free * CUDA_TILE_MEMORY_FRACTION, per_output_pixel / 2  # half-precision autocast
+    else:
+        budget = CPU_TILE_MEMORY
+    side = int(math.sqrt(budget / per_output_pixel)) // module.scale
+    multiple = getattr(config, "lr_multiple", 1)
+    return max(multiple, side - side % multiple)
+
+
+def run_tile(request: RunRequest, module: nn.Module, device: torch.device, window: Window) -> int:
+    """The tile side a run uses: the request's, or, when it leaves the contract's default, the side that
+    covers this window with the fewest model pixels within the device's tile memory (`choose_tile`)."""
+    largest = largest_tile(module, device)
+    if request.tile != DEFAULT_TILE or largest is None:
+        return request.tile
+    multiple = getattr(getattr(module, "config", None), "lr_multiple", 1)
+    return choose_tile(window.width, window.height, request.overlap, largest, multiple)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run computes once for its whole window and every part of it shares: the tile side, the
+    normalisation, the value invalid pixels are filled with, and each band pass's GroupNorm statistics.
+    Picklable, so a cluster's window tasks get the very values a single-machine run uses."""
+
+    plan: RunPlan
+    tile: int
+    normalisation: Normalisation
+    fill: np.ndarray
+    statistics: tuple[Optional[Statistics], ...]
+
+
+class _Steps:
+    """The run's progress: counts model passes over tiles and reports (done, total)."""
+
+    def __init__(self, total: int, progress: Optional[Progress], start: int = 0):
+        self.done, self.total, self._progress = start, total, progress
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        if self._progress is not None:
+            self._progress(self.done, self.total)
 
 
 class Engine:
@@ -321,17 +392,28 @@ class Engine:
         log.info("model: %s (%s)", Path(weights).name, meta.get("preset", "student"))
         return LoadedModel(module, Path(weights).name, weights, file_sha256(weights), meta.get("normalisation"))
 
-    def plan(self, request: RunRequest, source: Optional[SourceRaster] = None) -> RunPlan:
+    def _model_for(self, request: RunRequest, model: Optional[nn.Module]) -> LoadedModel:
+        """The request's loaded model, or `model` (tests, the Python API) on the request's device."""
+        if model is None:
+            return self.load_model(request)
+        loaded = LoadedModel(model.to(self.device(request.device)).eval(), type(model).__name__, None, None,
+                             (getattr(model, "meta", None) or {}).get("normalisation"))
+        if loaded.module.scale != request.scale:
+            raise BadInput(f"model {loaded.name} is x{loaded.module.scale}, not x{request.scale}")
+        return loaded
+
+    def plan(self, request: RunRequest, source: Optional[SourceRaster] = None,
+             model: Optional[nn.Module] = None) -> RunPlan:
         """Validate a request against its input and output and say what it will produce.
 
         Everything that can be refused before compute is refused here: the input, its
         bands, the extent, the output path (a folder, an existing file, an unwritable or
-        missing folder) and the disk space. `steps` assumes the student (GroupNorm
-        statistics passes) unless the request names the bicubic baseline.
+        missing folder) and the disk space. The tiles follow the model (its tile memory,
+        whether it has GroupNorm statistics to share), so planning loads the request's model.
         """
         if source is None:
             with SourceRaster(request.input, request.bands) as opened:
-                return self.plan(request, opened)
+                return self.plan(request, opened, model)
         check_output_path(request.output, request.input, request.overwrite)
         if request.normalisation:
             parse_spec(request.normalisation)
@@ -346,9 +428,39 @@ class Engine:
         if output_bytes > free:
             raise BadInput(f"the output ({width} x {height} px) needs up to {human_size(output_bytes)} but only "
                            f"{human_size(free)} is free in {folder}; free some space or choose another folder")
-        tiles = len(tile_grid(window.width, window.height, request.tile, request.overlap))
-        steps = tile_passes(tiles, len(passes), request.model != "bicubic")
-        return RunPlan(width, height, bands, dtype.name, output_bytes, free, tiles, len(passes), steps, window)
+        module = self._model_for(request, model).module
+        tile = run_tile(request, module, self.device(request.device), window)
+        tiles = len(tile_grid(window.width, window.height, tile, request.overlap))
+        sample = statistics_sample(window.width, window.height, tile, tiles, has_group_norm(module))
+        steps = (tiles + len(sample)) * len(passes)
+        return RunPlan(width, height, bands, dtype.name, output_bytes, free, tiles, len(passes), steps, window, tile)
+
+    def prepare(self, request: RunRequest, progress: Optional[Progress] = None,
+                should_cancel: Optional[ShouldCancel] = None, model: Optional[nn.Module] = None,
+                source: Optional[SourceRaster] = None) -> Prepared:
+        """Plan the request and compute what all its tiles share (see `Prepared`); progress counts the
+        statistics passes, the first steps of the run's total."""
+        if source is None:
+            with SourceRaster(request.input, request.bands) as opened:
+                return self.prepare(request, progress, should_cancel, model, opened)
+        plan = self.plan(request, source, model)
+        loaded = self._model_for(request, model)
+        device = self.device(request.device)
+        for path in remove_stale_partials(request.output):
+            log.info("removed %s, a partial output left by a process that no longer runs", path)
+        passes = plan_passes(source.band_numbers, source.colours, request.rgb)
+        normalisation, fill = self._normalisation(request, loaded, source, plan.window)
+        log.info("input %s window %s -> output %s (%d x %d, %d band(s) in %d pass(es) %s, %s), %d tile(s) of %d px, "
+                 "normalisation %s", request.input, plan.window, request.output, plan.width, plan.height,
+                 plan.bands, plan.passes, describe_passes(passes), plan.dtype, plan.tiles, plan.tile,
+                 normalisation.describe())
+        sample = statistics_sample(plan.window.width, plan.window.height, plan.tile, plan.tiles,
+                                   has_group_norm(loaded.module))
+        read = _tile_reader(source, plan.window, normalisation, fill)
+        channel_passes = [tuple(source.band_numbers.index(band) for band in bands) for bands in passes]
+        statistics = pass_statistics(loaded.module, sample, lambda tile: read(tile)[0], channel_passes, device,
+                                     _batch(device), should_cancel, _Steps(plan.steps, progress))
+        return Prepared(plan, plan.tile, normalisation, fill, statistics)
 
     def run(self, request: RunRequest, progress: Optional[Progress] = None,
             should_cancel: Optional[ShouldCancel] = None, model: Optional[nn.Module] = None) -> RunResult:
@@ -360,30 +472,134 @@ class Engine:
         """
         started = time.perf_counter()
         with SourceRaster(request.input, request.bands) as source:
-            plan = self.plan(request, source)
-            device = self.device(request.device)
-            if model is None:
-                loaded = self.load_model(request)
-            else:
-                loaded = LoadedModel(model.to(device).eval(), type(model).__name__, None, None,
-                                     (getattr(model, "meta", None) or {}).get("normalisation"))
-            if loaded.module.scale != request.scale:
-                raise BadInput(f"model {loaded.name} is x{loaded.module.scale}, not x{request.scale}")
-            plan = replace(plan, steps=tile_passes(plan.tiles, plan.passes, has_group_norm(loaded.module)))
-            for path in remove_stale_partials(request.output):
-                log.info("removed %s, a partial output left by a process that no longer runs", path)
-            passes = plan_passes(source.band_numbers, source.colours, request.rgb)
-            normalisation, fill = self._normalisation(request, loaded, source, plan.window)
-            log.info("input %s window %s -> output %s (%d x %d, %d band(s) in %d pass(es) %s, %s), %d tile(s), "
-                     "normalisation %s", request.input, plan.window, request.output, plan.width, plan.height,
-                     plan.bands, plan.passes, describe_passes(passes), plan.dtype, plan.tiles,
-                     normalisation.describe())
-            figures = self._write(request, source, plan, passes, loaded, normalisation, fill, device, progress,
-                                  should_cancel)
+            prepared = self.prepare(request, progress, should_cancel, model, source)
+            loaded = self._model_for(request, model)
+            plan = prepared.plan
+            with self._output(request, source, prepared, loaded, request.output) as output:
+                self._write_rows(request, source, prepared, loaded, output, 0, None, progress, should_cancel)
+                figures = _consistency_metadata(source, plan.window, request.scale, output)
+                output.add_metadata(figures)
+                output.commit(request.overwrite)
         seconds = time.perf_counter() - started
         log.debug("wrote %s in %.1f s", request.output, seconds)
-        return RunResult(request.output, seconds, plan.width, plan.height, plan.bands, str(device), loaded.name,
-                         plan.tiles, plan.passes, plan.steps, figures)
+        return RunResult(request.output, seconds, plan.width, plan.height, plan.bands,
+                         str(self.device(request.device)), loaded.name, plan.tiles, plan.passes, plan.steps, figures)
+
+    def run_window(self, request: RunRequest, prepared: Prepared, first_row: int, stop_row: int, part: str,
+                   progress: Optional[Callable[[int], None]] = None,
+                   should_cancel: Optional[ShouldCancel] = None) -> tuple[int, int]:
+        """Write the output rows that tile rows first_row..stop_row-1 finish to the GeoTIFF `part`
+        (the output's full width, those rows only); returns their (y, height) in output pixels.
+
+        The tiles above whose outputs those rows also blend (the halo) run again here, so every value
+        is the sum a whole run makes, in its order (`StreamingBlender.window_rows`). progress(n)
+        follows each tile pass. A failure or cancel leaves no part file.
+        """
+        loaded = self.load_model(request)
+        with SourceRaster(request.input, request.bands) as source:
+            blender = _blender(request, prepared)
+            lr_y0, lr_y1, halo = blender.window_rows(first_row, stop_row)
+            scale = request.scale
+            with self._output(request, source, prepared, loaded, part, height=(lr_y1 - lr_y0) * scale) as output:
+                self._write_rows(request, source, prepared, loaded, output, lr_y0 * scale, (halo, stop_row),
+                                 progress, should_cancel, stop_at=lr_y1 * scale)
+                output.commit(overwrite=True)
+        return lr_y0 * scale, (lr_y1 - lr_y0) * scale
+
+    def assemble(self, request: RunRequest, prepared: Prepared, parts: Sequence[tuple[str, int, int]],
+                 seconds: float = 0.0) -> RunResult:
+        """Copy window parts [(path, y, height)] into the request's output, score and commit it, and delete
+        the parts; the result is the file a single-machine run writes."""
+        loaded = self.load_model(request)
+        plan = prepared.plan
+        started = time.perf_counter()
+        with SourceRaster(request.input, request.bands) as source:
+            with self._output(request, source, prepared, loaded, request.output) as output:
+                for path, y, height in sorted(parts, key=lambda part: part[1]):
+                    copy_rows(path, output, y)
+                figures = _consistency_metadata(source, plan.window, request.scale, output)
+                output.add_metadata(figures)
+                output.commit(request.overwrite)
+        for path, _, _ in parts:
+            remove_file(path)
+        return RunResult(request.output, seconds + time.perf_counter() - started, plan.width, plan.height,
+                         plan.bands, str(self.device(request.device)), loaded.name, plan.tiles, plan.passes,
+                         plan.steps, figures)
+
+    def _output(self, request: RunRequest, source: SourceRaster, prepared: Prepared, loaded: LoadedModel,
+                path: str, height: Optional[int] = None) -> OutputRaster:
+        """The output file (or a window's part of it, `height` rows from the window's top) with its metadata."""
+        plan, window, scale = prepared.plan, prepared.plan.window, request.scale
+        out_dtype = np.dtype(plan.dtype)
+        passes = plan_passes(source.band_numbers, source.colours, request.rgb)
+        metadata = {
+            "SLIMDIFFSR_VERSION": __version__, "SLIMDIFFSR_MODEL": loaded.name,
+            "SLIMDIFFSR_WEIGHTS": Path(loaded.weights).name if loaded.weights else "none",
+            "SLIMDIFFSR_WEIGHTS_SHA256": loaded.sha256 or "none", "SLIMDIFFSR_SCALE": str(scale),
+            "SLIMDIFFSR_NORMALISATION": prepared.normalisation.describe(),
+            "SLIMDIFFSR_SOURCE": os.path.basename(request.input),
+            "SLIMDIFFSR_SOURCE_WINDOW": f"{window.x},{window.y},{window.width},{window.height}",
+            "SLIMDIFFSR_BANDS": ",".join(map(str, source.band_numbers)),
+            "SLIMDIFFSR_PASSES": describe_passes(passes),
+            "SLIMDIFFSR_TILE": f"{prepared.tile},{request.overlap}",
+            "SLIMDIFFSR_CONSISTENCY": "back-projected to the input" if request.consistency else "off",
+            "SLIMDIFFSR_NOTE": SYNTHESIS_NOTE,
+        }
+        return OutputRaster(path, plan.width, plan.height if height is None else height, out_dtype,
+                            source.output_geotransform(window, scale), source.wkt, source.output_bands(out_dtype),
+                            source.needs_mask(out_dtype), metadata)
+
+    def _write_rows(self, request: RunRequest, source: SourceRaster, prepared: Prepared, loaded: LoadedModel,
+                    output: OutputRaster, top: int, rows: Optional[tuple[int, int]],
+                    progress: Optional[Progress | Callable[[int], None]], should_cancel: Optional[ShouldCancel],
+                    stop_at: Optional[int] = None) -> None:
+        """Run the tiles of tile rows `rows` (all when None) and write the output rows top..stop_at-1 they
+        finish to `output`, shifted up by `top`. Reading, the model, and blending with writing run
+        in three threads (`backend.stages`)."""
+        plan, window, scale = prepared.plan, prepared.plan.window, request.scale
+        device = self.device(request.device)
+        blender = _blender(request, prepared)
+        tiles = blender.tiles if rows is None else [t for t in blender.tiles if rows[0] <= t.row < rows[1]]
+        out_dtype = np.dtype(plan.dtype)
+        nodata = [band.nodata for band in source.output_bands(out_dtype)]
+        passes = plan_passes(source.band_numbers, source.colours, request.rgb)
+        channel_passes = [tuple(source.band_numbers.index(band) for band in bands) for bands in passes]
+        read = _tile_reader(source, window, prepared.normalisation, prepared.fill)
+        validity: dict[Tile, np.ndarray] = {}
+        end = plan.height if stop_at is None else stop_at
+
+        def read_tile(tile: Tile) -> np.ndarray:
+            values, valid = read(tile)
+            if source.may_be_invalid:
+                validity[tile] = valid
+            return values
+
+        def write(item: tuple[Tile, np.ndarray]) -> None:
+            tile, hr = item
+            valid_lr = validity.pop(tile, None)
+            for block in blender.add(tile, hr):
+                _, h, w = block.values.shape
+                if not top <= block.y < end:
+                    continue
+                valid = None
+                if valid_lr is not None:
+                    x0, y0 = block.x // scale - tile.x, block.y // scale - tile.y
+                    valid = valid_lr[:, y0:y0 + h // scale, x0:x0 + w // scale]
+                    valid = valid.repeat(scale, axis=1).repeat(scale, axis=2)
+                restored = _avoid_nodata(prepared.normalisation.invert(block.values, out_dtype), valid, nodata)
+                output.write(block.x, block.y - top, restored, valid)
+            if tile.column == blender.columns - 1:
+                release_free_memory()
+
+        steps = progress if rows is not None else _Steps(plan.steps, progress, plan.steps - plan.tiles * plan.passes)
+        writer: Consume[tuple[Tile, np.ndarray]] = Consume(write)
+        try:
+            for item in infer_tiles(loaded.module, tiles, read_tile, device, _batch(device), should_cancel, steps,
+                                    channel_passes, request.consistency, prepared.statistics):
+                writer.put(item)
+            writer.finish()
+        finally:
+            writer.close()
 
     def _normalisation(self, request: RunRequest, loaded: LoadedModel, source: SourceRaster,
                        window: Window) -> tuple[Normalisation, np.ndarray]:
@@ -399,55 +615,26 @@ class Engine:
         fill = [np.median(band[mask]) if mask.any() else 0.5 for band, mask in zip(normalised, valid)]
         return normalisation, np.array(fill, dtype=np.float32)
 
-    def _write(self, request: RunRequest, source: SourceRaster, plan: RunPlan, passes: list[tuple[int, ...]],
-               loaded: LoadedModel, normalisation: Normalisation, fill: np.ndarray, device: torch.device,
-               progress: Optional[Progress], should_cancel: Optional[ShouldCancel]) -> dict[str, str]:
-        window, scale = plan.window, request.scale
-        out_dtype = np.dtype(plan.dtype)
-        out_bands = source.output_bands(out_dtype)
-        nodata = [band.nodata for band in out_bands]
-        blender = StreamingBlender(window.width, window.height, request.tile, request.overlap, scale, plan.bands,
-                                   exact=out_dtype.kind == "f")
-        channel_passes = [tuple(source.band_numbers.index(band) for band in bands) for bands in passes]
-        batch = 4 if device.type == "cuda" else 1
 
-        def read(tile: Tile) -> np.ndarray:
-            values, valid = source.read(Window(window.x + tile.x, window.y + tile.y, tile.width, tile.height))
-            normalised = normalisation.apply(values)
-            return normalised if valid.all() else np.where(valid, normalised, fill[:, None, None])
+def _batch(device: torch.device) -> int:
+    """Tiles per model call: a GPU needs several to be busy; a CPU gains nothing from them but memory."""
+    return 4 if device.type == "cuda" else 1
 
-        metadata = {
-            "SLIMDIFFSR_VERSION": __version__, "SLIMDIFFSR_MODEL": loaded.name,
-            "SLIMDIFFSR_WEIGHTS": Path(loaded.weights).name if loaded.weights else "none",
-            "SLIMDIFFSR_WEIGHTS_SHA256": loaded.sha256 or "none", "SLIMDIFFSR_SCALE": str(scale),
-            "SLIMDIFFSR_NORMALISATION": normalisation.describe(),
-            "SLIMDIFFSR_SOURCE": os.path.basename(request.input),
-            "SLIMDIFFSR_SOURCE_WINDOW": f"{window.x},{window.y},{window.width},{window.height}",
-            "SLIMDIFFSR_BANDS": ",".join(map(str, source.band_numbers)),
-            "SLIMDIFFSR_PASSES": describe_passes(passes),
-            "SLIMDIFFSR_CONSISTENCY": "back-projected to the input" if request.consistency else "off",
-            "SLIMDIFFSR_NOTE": SYNTHESIS_NOTE,
-        }
-        with OutputRaster(request.output, plan.width, plan.height, out_dtype, source.output_geotransform(window, scale),
-                          source.wkt, out_bands, source.needs_mask(out_dtype), metadata) as output:
-            tiles = infer_tiles(loaded.module, blender.tiles, read, device, batch, should_cancel, progress,
-                                channel_passes, request.consistency)
-            for tile, hr in tiles:
-                for block in blender.add(tile, hr):
-                    _, h, w = block.values.shape
-                    valid = None
-                    if source.may_be_invalid:
-                        lr_valid = source.read_valid(Window(window.x + block.x // scale, window.y + block.y // scale,
-                                                            w // scale, h // scale))
-                        valid = lr_valid.repeat(scale, axis=1).repeat(scale, axis=2)
-                    restored = _avoid_nodata(normalisation.invert(block.values, out_dtype), valid, nodata)
-                    output.write(block.x, block.y, restored, valid)
-                if tile.column == blender.columns - 1:
-                    release_free_memory()
-            figures = _consistency_metadata(source, window, scale, output)
-            output.add_metadata(figures)
-            output.commit(request.overwrite)
-        return figures
+
+def _blender(request: RunRequest, prepared: Prepared) -> StreamingBlender:
+    window, plan = prepared.plan.window, prepared.plan
+    return StreamingBlender(window.width, window.height, prepared.tile, request.overlap, request.scale, plan.bands,
+                            exact=np.dtype(plan.dtype).kind == "f")
+
+
+def _tile_reader(source: SourceRaster, window: Window, normalisation: Normalisation,
+                 fill: np.ndarray) -> Callable[[Tile], tuple[np.ndarray, np.ndarray]]:
+    """read(tile) -> (model input [C, h, w] in [0, 1] with invalid pixels filled, validity [C, h, w])."""
+    def read(tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        values, valid = source.read(Window(window.x + tile.x, window.y + tile.y, tile.width, tile.height))
+        normalised = normalisation.apply(values)
+        return (normalised if valid.all() else np.where(valid, normalised, fill[:, None, None])), valid
+    return read
 
 
 def _consistency_metadata(source: SourceRaster, window: Window, scale: int, output: OutputRaster) -> dict[str, str]:
@@ -460,12 +647,6 @@ def _consistency_metadata(source: SourceRaster, window: Window, scale: int, outp
     for line in figures.describe():
         log.info("consistency: %s", line)
     return figures.to_metadata()
-
-
-def tile_passes(tiles: int, passes: int, group_norm: bool) -> int:
-    """The model passes over tiles a run makes (its progress total): every tile once per band pass, plus
-    each pass's statistics sample for a model with GroupNorm."""
-    return (tiles + statistics_tile_count(tiles, group_norm)) * passes
 
 
 def describe_passes(passes: Sequence[tuple[int, ...]]) -> str:

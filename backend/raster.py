@@ -360,6 +360,11 @@ class OutputRaster:
         except RuntimeError as error:
             raise self._write_error(error) from None
 
+    @property
+    def has_mask(self) -> bool:
+        """True when invalid pixels go into a mask band (some band has no nodata value)."""
+        return self._mask is not None
+
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """[N, height, width] of what has been written so far, from output pixel (x, y)."""
         try:
@@ -405,11 +410,7 @@ class OutputRaster:
         self._bands, self._mask = [], None
         if getattr(self, "dataset", None) is not None:
             _drop_dataset(self)
-        for leftover in [self.temp_path] + glob.glob(glob_escape(self.temp_path) + ".*"):
-            try:
-                os.remove(leftover)
-            except FileNotFoundError:
-                pass
+        remove_file(self.temp_path)
 
     def _write_error(self, error: BaseException) -> BadInput:
         full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -491,6 +492,36 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def copy_rows(part: str, output: OutputRaster, y: int, strip: int = 256) -> None:
+    """Copy a GeoTIFF `part` (bands, nodata and mask as `output` writes them) into `output` from row `y`,
+    a strip at a time, so memory holds one strip whatever the part's size."""
+    try:
+        dataset = gdal.Open(part)
+        bands = [dataset.GetRasterBand(i + 1) for i in range(dataset.RasterCount)]
+        masked = output.has_mask
+        for top in range(0, dataset.RasterYSize, strip):
+            rows = min(strip, dataset.RasterYSize - top)
+            values = np.stack([band.ReadAsArray(0, top, dataset.RasterXSize, rows) for band in bands])
+            valid = None
+            if masked:
+                valid = np.broadcast_to(bands[0].GetMaskBand().ReadAsArray(0, top, dataset.RasterXSize, rows) > 0,
+                                        values.shape)
+            output.write(0, y + top, values, valid)
+    except RuntimeError as error:
+        raise BadInput(f"window part {part} could not be read ({_first_line(error)}); run again") from None
+    finally:
+        bands, dataset = [], None
+
+
+def remove_file(path: str) -> None:
+    """Delete a file and GDAL's sidecars of it, if they exist."""
+    for leftover in [path] + glob.glob(glob_escape(path) + ".*"):
+        try:
+            os.remove(leftover)
+        except FileNotFoundError:
+            pass
 
 
 def set_block_cache(megabytes: int) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from backend.engine import Engine, STATISTICS_TILES, statistics_sample, super_resolve_array, window_statistics
+from backend.engine import (Engine, STATISTICS_TILE_SIDE, STATISTICS_TILES, statistics_sample, super_resolve_array,
+                            window_statistics)
 from slimdiffsr_qgis.contract import BadInput, Cancelled
 from slimdiffsr_qgis.contract import RunRequest
 from models_for_tests import LocalConvModel, NearestUpscaler, WindowNormalisedUpscaler
@@ -176,16 +177,16 @@ def test_each_band_pass_has_its_own_group_norm_statistics_so_a_tiled_run_equals_
 def test_window_statistics_only_where_there_is_something_to_share():
     import torch
 
-    from backend.tiling import tile_grid
-
-    image = smooth_image(3, 64, 64).astype(np.float32)
+    image = smooth_image(3, 640, 640).astype(np.float32)
     read = lambda t: np.ascontiguousarray(image[:, t.y:t.y + t.height, t.x:t.x + t.width])
-    cpu, tiles = torch.device("cpu"), tile_grid(64, 64, 32, 8)
-    assert statistics_sample(WindowNormalisedUpscaler(4), tiles[:1]) == []
-    assert statistics_sample(LocalConvModel(4), tiles) == []
+    cpu = torch.device("cpu")
+    assert statistics_sample(640, 640, 256, 1, group_norm=True) == []
+    assert statistics_sample(640, 640, 256, 9, group_norm=False) == []
     assert window_statistics(LocalConvModel(4), [], read, cpu, 1) is None
-    sample = statistics_sample(WindowNormalisedUpscaler(4), tiles)
-    assert len(sample) == min(len(tiles), STATISTICS_TILES) and sample[0] == tiles[0] and sample[-1] == tiles[-1]
+    sample = statistics_sample(640, 640, 256, 9, group_norm=True)
+    assert len(sample) == STATISTICS_TILES
+    assert {(t.width, t.height) for t in sample} == {(STATISTICS_TILE_SIDE, STATISTICS_TILE_SIDE)}
+    assert (sample[0].x, sample[0].y) == (0, 0) and (sample[-1].x, sample[-1].y) == (512, 512), "spread over the window"
     assert set(window_statistics(WindowNormalisedUpscaler(4), sample, read, cpu, 1)) == {"norm"}
 
 
@@ -196,10 +197,10 @@ def test_progress_counts_the_statistics_pass_so_the_bar_moves_before_the_first_o
     forward = model.forward
     model.forward = lambda lr: (reports_before_pass.append(len(seen)), forward(lr))[1]
     request = RunRequest(input=rgb_uint16, output=str(tmp_path / "out.tif"), scale=4, tile=32, overlap=8)
-    tiles = engine.plan(request).tiles
+    plan = engine.plan(request, model=model)
     engine.run(request, progress=lambda done, total: seen.append((done, total)), model=model)
-    total = tiles + min(tiles, STATISTICS_TILES)
-    assert tiles > STATISTICS_TILES
+    total = plan.tiles + STATISTICS_TILES
+    assert plan.tiles > STATISTICS_TILES and plan.steps == total
     assert seen == [(done, total) for done in range(1, total + 1)], "one step per tile pass, ending at the total"
     assert len(reports_before_pass) == total and reports_before_pass[1] == 1, "the statistics pass reports as it goes"
 
