@@ -161,6 +161,20 @@ def test_fine_tuning_may_switch_on_the_lr_skip_but_not_change_shapes(tmp_path):
         run(wider, "student")
 
 
+def test_x8_weights_fine_tune_from_an_x4_file_whose_parameters_they_share(tmp_path):
+    torch.manual_seed(0)
+    x4 = build(StudentConfig.tiny(4).replace(encoder="lr"))
+    save(x4, tmp_path / "x4.safetensors", {})
+    config = tiny_config(tmp_path / "b", "scale=8", "student.teacher_weights=none",
+                         f"student.init={tmp_path / 'x4.safetensors'}", "student.encoder=lr")
+    task = train_student.StudentTask(config)
+    x8 = task.generator.student
+    assert x8.config == x4.config.replace(scale=8)
+    assert all(torch.equal(x8.state_dict()[name], tensor) for name, tensor in x4.state_dict().items())
+    assert any("trained for x4, now x8" in note for note in task.notes)
+    assert x8(torch.rand(1, 3, 8, 8)).shape == (1, 3, 64, 64)
+
+
 def test_cosine_decay_reaches_zero_at_the_last_step_and_a_resumed_run_follows_it(tmp_path):
     settings = ("student.teacher_weights=none", "student.loop.lr_decay=cosine", "student.loop.checkpoint_every=2")
     assert [lr_factor(LoopConfig(steps=4, batch_size=1, lr=1.0, lr_decay="cosine"), s) for s in (0, 2, 4)] == \

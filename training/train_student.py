@@ -115,11 +115,16 @@ class StudentTask(Task):
                                f"{', bicubic residual' if config.residual else ''}{', LR skip' if config.lr_skip else ''}")
 
     def _fine_tuned(self, init: str, changes: dict[str, Any]) -> tuple[nn.Module, str]:
-        """The student of `init`, rebuilt with `changes` when they keep every parameter's shape (e.g. lr_skip)."""
+        """The student of `init`, rebuilt with `changes` when they keep every parameter's shape (e.g. lr_skip).
+
+        Another scale is such a change: the compact student's parameters have the same shapes at x2, x4 and x8
+        (only the encoder's strides differ), so x2 and x8 weights start from the x4 file's.
+        """
         student = load(init).train()
-        if student.config.scale != self.scale:
-            raise BadInput(f"{init} was trained for x{student.config.scale}, the config asks for x{self.scale}")
         origin = f"student: fine-tuning from {init} ({_lineage(init, student.meta)})"
+        if student.config.scale != self.scale:
+            changes = {**changes, "scale": self.scale}
+            origin += f", trained for x{student.config.scale}, now x{self.scale}"
         if not changes:
             return student, origin
         changed = build(_changed(student.config, changes)).train()
