@@ -102,3 +102,69 @@ def test_cancel_stops_every_scene_and_leaves_no_file(cluster_client, tmp_path):
     with pytest.raises(Cancelled):
         run_on_cluster(cluster_client, requests, should_cancel=lambda: time.monotonic() - started > 1.5)
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.fixture
+def huge_scene(tmp_path) -> RunRequest:
+    """A scene of 13 tile rows (tile 32, overlap 8) with a nodata block, run in windows of tile rows."""
+    weights = write_tiny_shipped_like_weights(tmp_path / "tiny.safetensors")
+    values = (smooth_image(3, 300, 260, seed=7) * 9000).astype(np.uint16) + 10
+    values[:, 100:140, 30:90] = 0
+    source = write_raster(str(tmp_path / "huge.tif"), values, nodata=0)
+    (tmp_path / "out").mkdir()
+    return RunRequest(input=source, output=str(tmp_path / "out" / "huge_x4.tif"), weights=weights, tile=32,
+                      overlap=8, device="cpu")
+
+
+def test_windows_of_one_scene_assemble_into_the_single_runs_values(cluster_client, huge_scene, tmp_path):
+    from backend.cluster import run_windows_on_cluster
+
+    seen = []
+    result = run_windows_on_cluster(cluster_client, huge_scene, windows=4,
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert result["output"] == huge_scene.output
+    assert seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    values, transform, wkt, nodata, metadata = read_raster(huge_scene.output)
+    [expected] = serial_outputs([huge_scene], tmp_path)
+    _, serial_transform, serial_wkt, serial_nodata, serial_metadata = read_raster(str(tmp_path / "serial_huge_x4.tif"))
+    # Workers run torch with one thread, as this test process does: the values are the same bit for bit.
+    np.testing.assert_array_equal(values, expected)
+    assert (transform, wkt, nodata) == (serial_transform, serial_wkt, serial_nodata)
+    assert metadata == serial_metadata
+    assert os.listdir(Path(huge_scene.output).parent) == ["huge_x4.tif"], "no part file is left"
+
+
+def test_a_worker_killed_mid_window_does_not_change_the_scene(cluster_client, huge_scene, tmp_path):
+    from backend.cluster import run_windows_on_cluster
+
+    pids = list(cluster_client.run(os.getpid).values())
+    killed = []
+
+    def kill_once(done: int, total: int) -> None:
+        if not killed and done > 0:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    run_windows_on_cluster(cluster_client, huge_scene, windows=4, progress=kill_once)
+    assert killed
+    [expected] = serial_outputs([huge_scene], tmp_path)
+    np.testing.assert_array_equal(read_raster(huge_scene.output)[0], expected)
+    assert os.listdir(Path(huge_scene.output).parent) == ["huge_x4.tif"], "a lost worker's part is removed too"
+
+
+def test_cancelling_a_windowed_scene_leaves_no_file(cluster_client, huge_scene):
+    from backend.cluster import run_windows_on_cluster
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_windows_on_cluster(cluster_client, huge_scene, windows=4,
+                               should_cancel=lambda: time.monotonic() - started > 1.0)
+    assert os.listdir(Path(huge_scene.output).parent) == []
+
+
+def test_window_rows_split_the_grid_evenly():
+    from backend.cluster import window_rows
+
+    assert window_rows(13, 4) == [(0, 3), (3, 6), (6, 10), (10, 13)]
+    assert window_rows(3, 4) == [(0, 3)]
+    assert window_rows(1, 4) == [(0, 1)]
