@@ -1,0 +1,165 @@
+"""The error head: a small learned map of the expected absolute error of each super-resolved pixel.
+
+Hand-made predictors (local LR gradient, |SR - bicubic|, the spread of flip/rotation
+predictions) rank errors on clean LR but not on degraded LR, where blur hides the
+texture that causes the error; so the error is learned. The head reads the LR tile
+and the student's SR tile brought back to the LR grid by space-to-depth (the SR
+minus the bicubic upsampling of the LR, so it sees what the student added), runs a
+few 3x3 convs at LR resolution, and writes s*s values per LR pixel that pixel-shuffle
+to one log b per HR pixel. b is the scale of a Laplace distribution of the error of
+each of the pixel's 3 channel values, trained with the Laplace negative
+log-likelihood |e|/b + log b, so b is the expected absolute error E|e| and b ln 2
+the median absolute error, in the units of the model's [0, 1] values.
+
+A head is tied to the student it was trained on: its file records the sha256 of
+that student's weights file, and `load_head` refuses it for another student.
+The head is local (RECEPTIVE_RADIUS LR pixels), so running it per tile with at
+least that overlap gives the same map as one pass over the whole window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slimdiffsr_qgis.contract import BadInput
+
+CONFIG_KEY = "slimdiffsr_error_head_config"
+STUDENT_SHA_KEY = "student_sha256"
+FORMAT_KEY = "format"
+LOG_B_RANGE = (-12.0, 0.0)
+"""log b is clamped here: b below e^-12 would make the NLL blow up on exact pixels; above 1 is the whole range."""
+INITIAL_B = 0.02
+"""A typical absolute error of the student in [0, 1] units: the head starts near it, not at b = 1."""
+BICUBIC_RADIUS = 2
+"""Bicubic upsampling reads 2 LR pixels on each side of an HR pixel's position."""
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ErrorHeadConfig:
+    """The head's shape: scale, width, and one dilation per 3x3 conv (their count is the depth)."""
+
+    scale: int = 4
+    channels: int = 32
+    dilations: tuple[int, ...] = (1, 2, 4, 1)
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 4, 8) or not 1 <= self.channels <= 256 or not 1 <= len(self.dilations) <= 16 \
+                or any(not 1 <= d <= 16 for d in self.dilations):
+            raise ValueError(f"error head config out of bounds: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ErrorHeadConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown error head config key(s) {unknown}")
+        values = dict(values)
+        if "dilations" in values:
+            values["dilations"] = tuple(int(d) for d in values["dilations"])
+        return cls(**values)
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels on each side that one output pixel depends on: the convs' reach plus the bicubic taps."""
+        return sum(self.dilations) + BICUBIC_RADIUS
+
+
+class ErrorHead(nn.Module):
+    """(LR [B,3,h,w], SR [B,3,h*s,w*s]) in [0, 1] -> log b [B,1,h*s,w*s]."""
+
+    def __init__(self, config: ErrorHeadConfig = ErrorHeadConfig()):
+        super().__init__()
+        self.config = config
+        self.scale = config.scale
+        self.meta: dict[str, str] = {}
+        inputs = 3 + 3 * config.scale ** 2
+        layers: list[nn.Module] = []
+        for index, dilation in enumerate(config.dilations):
+            layers += [nn.Conv2d(inputs if index == 0 else config.channels, config.channels, 3,
+                                 padding=dilation, dilation=dilation, padding_mode="replicate"), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(config.channels, config.scale ** 2, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, float(np.log(INITIAL_B)))
+
+    def forward(self, lr: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        upsampled = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        added = F.pixel_unshuffle(sr - upsampled, self.scale)
+        log_b = F.pixel_shuffle(self.out(self.body(torch.cat([lr, added], dim=1))), self.scale)
+        return log_b.clamp(*LOG_B_RANGE)
+
+
+def laplace_nll(log_b: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean Laplace negative log-likelihood |e|/b + log b of the errors sr - hr (b shared by a pixel's channels)."""
+    return ((sr - hr).abs() * torch.exp(-log_b) + log_b).mean()
+
+
+def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
+    """[h*s, w*s] float32 expected absolute error (b) of each output pixel's channel values, in [0, 1] units.
+
+    lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s].
+    """
+    scale = head.scale
+    if lr01.ndim != 3 or lr01.shape[0] != 3 or sr01.shape != (3, lr01.shape[1] * scale, lr01.shape[2] * scale):
+        raise ValueError(f"predict_error needs LR [3, h, w] and SR [3, h*{scale}, w*{scale}]; "
+                         f"got {tuple(lr01.shape)} and {tuple(sr01.shape)}")
+    device = next(head.parameters()).device
+    lr = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None].to(device)
+    sr = torch.from_numpy(np.ascontiguousarray(sr01, dtype=np.float32))[None].to(device)
+    with torch.inference_mode():
+        return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
+
+
+def save_head(head: ErrorHead, path: PathLike, student_sha256: str, meta: Optional[dict[str, str]] = None) -> None:
+    """Writes the head's tensors, config, the sha256 of its student's weights file and `meta` to safetensors."""
+    metadata = {**(meta or {}), FORMAT_KEY: "pt", STUDENT_SHA_KEY: student_sha256,
+                CONFIG_KEY: json.dumps(head.config.to_dict(), sort_keys=True)}
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(partial),
+                  metadata=metadata)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_head(path: PathLike, student_sha256: Optional[str] = None, device: str = "cpu") -> ErrorHead:
+    """The head stored in `path`, in eval mode; BadInput if it was trained for a student other than
+    `student_sha256` (its predictions describe that student's errors, not this one's)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        config = ErrorHeadConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+        tensors = load_file(str(path), device="cpu")
+    except KeyError:
+        raise BadInput(f"{path}: not an error head file (no {CONFIG_KEY} in its metadata)") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise BadInput(f"{path}: cannot read the error head ({' '.join(str(exc).split())})") from exc
+    trained_for = metadata.get(STUDENT_SHA_KEY, "")
+    if student_sha256 is not None and trained_for != student_sha256:
+        raise BadInput(f"{path}: this error head was trained for the student weights with sha256 "
+                       f"{trained_for[:12] or 'unknown'}..., not {student_sha256[:12]}...; "
+                       "train a head for these weights with python -m training.train_error_head")
+    head = ErrorHead(config)
+    try:
+        head.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise BadInput(f"{path}: tensors do not match the error head config in its metadata") from exc
+    head.meta = {k: v for k, v in metadata.items() if k not in (CONFIG_KEY, FORMAT_KEY)}
+    return head.to(device).eval()

@@ -1,0 +1,143 @@
+"""The error head: shapes, its weights file, its training, and the calibration metrics on hand-made arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models.error_head import (ErrorHead, ErrorHeadConfig, laplace_nll, load_head, predict_error,
+                                       save_head)
+from benchmarks.calibration import (block_means, below_median_share, sparsification_areas, sparsification_curve,
+                                    sparsification_gap, spearman)
+from slimdiffsr_qgis.contract import BadInput
+from training.train_error_head import keep_sensors, train
+
+SMALL = ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))
+SHA = "a" * 64
+
+
+def _pair(height: int = 12, width: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.random((3, height, width), dtype=np.float32),
+            rng.random((3, height * 4, width * 4), dtype=np.float32))
+
+
+def test_predict_error_gives_one_positive_error_per_output_pixel():
+    lr, sr = _pair()
+    error = predict_error(ErrorHead(SMALL), lr, sr)
+    assert error.shape == (48, 40) and error.dtype == np.float32
+    assert (error > 0).all() and (error <= 1).all()
+
+
+def test_predict_error_refuses_an_sr_that_is_not_scale_times_the_lr():
+    lr, sr = _pair()
+    with pytest.raises(ValueError, match=r"SR \[3, h\*4, w\*4\]"):
+        predict_error(ErrorHead(SMALL), lr, sr[:, :-4])
+
+
+def test_head_is_local_so_a_crop_matches_the_whole_map_away_from_its_border():
+    head = ErrorHead(SMALL)
+    torch.nn.init.normal_(head.out.weight, std=0.5)
+    lr, sr = _pair(24, 24)
+    whole = predict_error(head, lr, sr)
+    margin = SMALL.receptive_radius
+    part = predict_error(head, lr[:, :16, :16], sr[:, :64, :64])
+    inner = slice(0, (16 - margin) * 4)
+    np.testing.assert_allclose(part[inner, inner], whole[inner, inner], rtol=1e-5, atol=1e-7)
+
+
+def test_saved_head_loads_with_the_same_config_outputs_and_provenance(tmp_path):
+    head = ErrorHead(SMALL)
+    torch.nn.init.normal_(head.out.weight, std=0.1)
+    path = tmp_path / "head.safetensors"
+    save_head(head, path, SHA, {"trained_on": "neon"})
+    loaded = load_head(path, SHA)
+    lr, sr = _pair()
+    assert loaded.config == SMALL
+    assert loaded.meta["trained_on"] == "neon" and loaded.meta["student_sha256"] == SHA
+    np.testing.assert_array_equal(predict_error(loaded, lr, sr), predict_error(head, lr, sr))
+
+
+def test_head_trained_for_another_student_is_refused(tmp_path):
+    path = tmp_path / "head.safetensors"
+    save_head(ErrorHead(SMALL), path, SHA)
+    with pytest.raises(BadInput, match="trained for the student weights with sha256 aaaaaaaaaaaa"):
+        load_head(path, "b" * 64)
+
+
+def test_a_file_that_is_not_a_head_is_bad_input(tmp_path):
+    path = tmp_path / "head.safetensors"
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(BadInput, match="head.safetensors"):
+        load_head(path)
+
+
+def _crops(count: int = 6) -> dict:
+    """Crops whose error is large on the left half and small on the right: something a head can learn."""
+    generator = torch.Generator().manual_seed(0)
+    lr = torch.rand(count, 3, 32, 32, generator=generator)
+    sr = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    scale = torch.ones(1, 1, 1, 128) * 0.005
+    scale[..., :64] = 0.1
+    hr = sr + scale * torch.randn(sr.shape, generator=generator)
+    return {"lr": lr.half(), "sr": sr.half(), "hr": hr.half(), "sensor": ["neon", "landsat8"] * (count // 2),
+            "degraded": torch.zeros(count, dtype=torch.bool)}
+
+
+def test_a_few_training_steps_reduce_the_laplace_nll():
+    torch.set_num_threads(1)
+    crops = _crops()
+    lr, sr, hr = (crops[k].float() for k in ("lr", "sr", "hr"))
+    before = laplace_nll(ErrorHead(SMALL)(lr, sr), sr, hr).item()
+    head, steps = train(crops, SMALL, minutes=5, max_steps=40, batch=4, learning_rate=1e-2)
+    with torch.no_grad():
+        after = laplace_nll(head(lr, sr), sr, hr).item()
+    assert steps == 40 and after < before - 0.3
+
+
+def test_excluded_sensors_leave_the_training_crops():
+    kept = keep_sensors(_crops(), ["neon"])
+    assert kept["sensor"] == ["landsat8"] * 3 and kept["lr"].shape[0] == 3
+
+
+def test_block_means_average_each_square_and_drop_a_partial_edge():
+    values = np.arange(16, dtype=float).reshape(4, 4)
+    values = np.pad(values, ((0, 1), (0, 1)))
+    np.testing.assert_allclose(block_means(values, 2), [2.5, 4.5, 10.5, 12.5])
+
+
+def _laplace_errors(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A true per-pixel Laplace scale b [64, 64] varying smoothly, and |errors| [3, 64, 64] drawn from it."""
+    rng = np.random.default_rng(seed)
+    b = np.exp(np.linspace(-6, -2, 64))[None, :] * np.ones((64, 1))
+    return b, np.abs(rng.laplace(0.0, b[None], size=(3, 64, 64)))
+
+
+def test_a_perfect_predictor_is_calibrated_ranks_blocks_and_is_close_to_the_oracle():
+    b, errors = _laplace_errors()
+    assert below_median_share(b, errors) == pytest.approx(0.5, abs=0.02)
+    assert spearman(block_means(b), block_means(errors.mean(axis=0))) > 0.8
+    head, random, oracle = sparsification_areas(b, errors.mean(axis=0))
+    assert oracle < head < random and sparsification_gap(head, random, oracle) < 0.5
+
+
+def test_a_random_predictor_ranks_nothing():
+    b, errors = _laplace_errors()
+    noise = np.random.default_rng(1).random(b.shape)
+    assert abs(spearman(block_means(noise, 4), block_means(errors.mean(axis=0), 4))) < 0.2
+    assert sparsification_gap(*sparsification_areas(noise, errors.mean(axis=0))) == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_predictor_off_by_a_factor_is_miscalibrated_but_ranks_as_well():
+    b, errors = _laplace_errors()
+    assert below_median_share(b / 4, errors) < 0.25 and below_median_share(4 * b, errors) > 0.8
+    assert spearman(block_means(4 * b), block_means(errors.mean(axis=0))) == \
+        pytest.approx(spearman(block_means(b), block_means(errors.mean(axis=0))))
+
+
+def test_sparsification_curve_of_the_oracle_falls_to_the_smallest_errors():
+    actual = np.array([1.0, 2.0, 3.0, 4.0])
+    curve = sparsification_curve(actual, actual, steps=4)
+    np.testing.assert_allclose(curve, np.array([2.5, 2.0, 1.5, 1.0]) / 2.5)
+    assert spearman(np.ones(4), actual) != spearman(np.ones(4), actual)  # nan: a constant predictor ranks nothing

@@ -1,0 +1,163 @@
+"""Trains the error head (backend/models/error_head.py) for a frozen student and writes it as safetensors.
+
+    python -m training.train_error_head --student resources/weights/slimdiffsr_x4.safetensors \
+        --out resources/weights/slimdiffsr_x4.error.safetensors [--exclude-sensors neon] [--minutes 6]
+
+The student is frozen, so its outputs are computed once: (LR, SR, HR) crops of
+the manifest's TRAIN blocks, clean and Real-ESRGAN-degraded LR mixed as the
+student was trained, are cached under --cache keyed by the student's sha256 and
+the crop settings. Training then only runs the head, on random LR sub-crops of
+the cached ones, with the Laplace negative log-likelihood; a run on one CPU
+thread takes minutes. `--exclude-sensors` leaves families out of the training
+crops, for the held-out-family calibration in benchmarks.calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from backend.models import load
+from backend.models.error_head import ErrorHead, ErrorHeadConfig, laplace_nll, save_head
+from backend.models.weights import file_sha256
+from training.data import CropDataset, scenes_from_manifest
+
+CROP = 192
+"""HR side of a cached crop: 48 LR pixels, larger than the head's receptive field and the training sub-crop."""
+SUB_CROP = 32
+"""LR side of a training sub-crop."""
+DEGRADED_FRACTION = 0.5
+"""The benchmark weighs clean and degraded LR equally, and the student's last runs used 0.5-0.7."""
+
+
+def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, degraded_fraction: float,
+               seed: int, batch: int = 8) -> dict:
+    """{"lr", "sr", "hr" (float16 tensors), "sensor" (list), "degraded" (bool tensor)} of `count` train crops."""
+    scenes = scenes_from_manifest(manifest)
+    dataset = CropDataset(scenes, crop=crop, scale=student.scale, role="train", length=count, seed=seed,
+                          degraded_fraction=degraded_fraction)
+    lrs, srs, hrs, sensors, degraded = [], [], [], [], []
+    for start in range(0, count, batch):
+        items = [dataset[i] for i in range(start, min(count, start + batch))]
+        lr = torch.stack([item["lr"] for item in items])
+        with torch.inference_mode():
+            sr = student(lr).clamp(0, 1)
+        lrs.append(lr.half())
+        srs.append(sr.half())
+        hrs.append(torch.stack([item["hr"] for item in items]).half())
+        sensors += [item["sensor"] for item in items]
+        degraded += [item["degraded"] for item in items]
+    return {"lr": torch.cat(lrs), "sr": torch.cat(srs), "hr": torch.cat(hrs), "sensor": sensors,
+            "degraded": torch.tensor(degraded)}
+
+
+def cached_crops(student_path: Path, manifest: Path, cache: Path, count: int, crop: int,
+                 degraded_fraction: float, seed: int) -> dict:
+    """The precomputed crops for this student and settings, computed and saved on first use."""
+    sha = file_sha256(str(student_path))
+    path = cache / f"crops_{sha[:12]}_n{count}_c{crop}_d{degraded_fraction:g}_s{seed}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    student = load(student_path)
+    start = time.monotonic()
+    crops = precompute(student, manifest, count, crop, degraded_fraction, seed)
+    print(f"precomputed {count} crops in {time.monotonic() - start:.0f} s -> {path}", file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(crops, path)
+    return crops
+
+
+def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(LR, SR, HR) float32 sub-crops of side `sub` LR pixels at random positions of the crops `indices`."""
+    side = crops["lr"].shape[-1]
+    lr, sr, hr = [], [], []
+    for index in indices.tolist():
+        y, x = (int(v) for v in torch.randint(0, side - sub + 1, (2,), generator=generator))
+        lr.append(crops["lr"][index, :, y:y + sub, x:x + sub])
+        window = (slice(None), slice(y * scale, (y + sub) * scale), slice(x * scale, (x + sub) * scale))
+        sr.append(crops["sr"][index][window])
+        hr.append(crops["hr"][index][window])
+    return torch.stack(lr).float(), torch.stack(sr).float(), torch.stack(hr).float()
+
+
+def train(crops: dict, config: ErrorHeadConfig, minutes: float, max_steps: int, batch: int = 16,
+          learning_rate: float = 2e-3, seed: int = 0, log_every: int = 100) -> tuple[ErrorHead, int]:
+    """A head fitted to `crops` for at most `minutes` or `max_steps`, learning rate on a cosine over the budget."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    head = ErrorHead(config).train()
+    optimiser = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    start, step, running = time.monotonic(), 0, []
+    while step < max_steps:
+        progress = max(step / max_steps, (time.monotonic() - start) / (60 * minutes))
+        if progress >= 1:
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        indices = torch.randint(0, len(crops["sensor"]), (batch,), generator=generator)
+        lr, sr, hr = sample_batch(crops, indices, config.scale, SUB_CROP, generator)
+        loss = laplace_nll(head(lr, sr), sr, hr)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        running.append(loss.item())
+        step += 1
+        if step % log_every == 0:
+            print(f"step {step} nll {np.mean(running):.4f} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+            running = []
+    return head.eval(), step
+
+
+def keep_sensors(crops: dict, exclude: Sequence[str]) -> dict:
+    """The crops whose sensor family is not in `exclude`."""
+    keep = [i for i, sensor in enumerate(crops["sensor"]) if sensor not in exclude]
+    if not keep:
+        raise SystemExit(f"--exclude-sensors {' '.join(exclude)} leaves no training crop")
+    index = torch.tensor(keep)
+    return {"lr": crops["lr"][index], "sr": crops["sr"][index], "hr": crops["hr"][index],
+            "sensor": [crops["sensor"][i] for i in keep], "degraded": crops["degraded"][index]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train_error_head", description=__doc__.splitlines()[0])
+    parser.add_argument("--student", type=Path, required=True, help="the frozen student's weights (safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the head (safetensors)")
+    parser.add_argument("--exclude-sensors", nargs="*", default=[], metavar="FAMILY",
+                        help="sensor families left out of training (e.g. neon), to score them as held out")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    parser.add_argument("--steps", type=int, default=20_000, help="at most this many steps")
+    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    parser.add_argument("--crops", type=int, default=1200, help="number of precomputed training crops")
+    parser.add_argument("--channels", type=int, default=ErrorHeadConfig.channels, help="head width")
+    parser.add_argument("--cache", type=Path, default=Path("runs/error_head"), help="folder of precomputed crops")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    student_meta_scale = load(args.student).scale
+    crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed)
+    crops = keep_sensors(crops, args.exclude_sensors)
+    config = ErrorHeadConfig(scale=student_meta_scale, channels=args.channels)
+    head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed)
+    families = sorted(set(crops["sensor"]))
+    meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
+            "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
+            "student": args.student.name,
+            "command": "python -m training.train_error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_head(head, args.out, file_sha256(str(args.student)), meta)
+    print(f"wrote {args.out}: {sum(p.numel() for p in head.parameters())} parameters, {steps} steps, "
+          f"trained on {', '.join(families)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
