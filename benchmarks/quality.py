@@ -1,7 +1,7 @@
 """Held-out quality of SR models vs GDAL resampling: PSNR-Y, SSIM-Y and NIQE per sensor, as one Markdown table.
 
 On the manifest's test blocks (validation blocks with `--role validation`, the
-ones to choose a recipe on), every HR tile is downsampled to LR in two ways:
+ones to choose a recipe on; one sensor family's only with `--sensors`), every HR tile is downsampled to LR in two ways:
 clean antialiased bicubic, and the Real-ESRGAN degradation with a fixed seed
 per tile. Each LR is brought back to HR size by GDAL cubic and lanczos
 resampling (gdal.Translate on an in-memory dataset: what a QGIS user would do
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from osgeo import gdal
 
-from backend.engine import super_resolve_array
+from backend.engine import RGB_PASS, super_resolve_array
 from slimdiffsr_qgis.contract import RunRequest
 from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample, degrade
@@ -59,7 +59,7 @@ class Scores:
 
 
 def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
-    """[3, h, w] float -> [3, h*scale, w*scale] by gdal.Translate with `algorithm` ("cubic", "lanczos", ...)."""
+    """[C, h, w] float -> [C, h*scale, w*scale] by gdal.Translate with `algorithm` ("cubic", "lanczos", ...)."""
     channels, height, width = lr01.shape
     source = gdal.GetDriverByName("MEM").Create("", width, height, channels, gdal.GDT_Float32)
     source.SetGeoTransform((0.0, float(scale), 0.0, 0.0, 0.0, -float(scale)))
@@ -67,18 +67,20 @@ def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
         source.GetRasterBand(index + 1).WriteArray(lr01[index])
     result = gdal.Translate("", source, format="MEM", width=width * scale, height=height * scale,
                             resampleAlg=algorithm)
-    values = result.ReadAsArray().astype(np.float32)
+    values = result.ReadAsArray().astype(np.float32).reshape(channels, height * scale, width * scale)
     result = source = None
     return values
 
 
-def model_upsampler(model: torch.nn.Module, consistency: bool = False) -> Upsampler:
+def model_upsampler(model: torch.nn.Module, consistency: bool = False,
+                    passes: Sequence[tuple[int, ...]] = RGB_PASS) -> Upsampler:
     """The engine's tiled, blended inference with its default tile and overlap, on the CPU; with `consistency`,
-    each tile back-projected to its input as the engine's option does."""
+    each tile back-projected to its input as the engine's option does. `passes`: the engine's band passes
+    (0-based channels: a triplet together, any other band alone, replicated to three channels)."""
     defaults = RunRequest.__dataclass_fields__
     tile, overlap = defaults["tile"].default, defaults["overlap"].default
     return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu",
-                                            consistency=consistency)
+                                            passes=passes, consistency=consistency)
 
 
 def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
@@ -90,10 +92,12 @@ def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
 
 
 def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_model: NiqeModel,
-             role: str = "test", tile: int = 384) -> dict[tuple[str, str, str], Scores]:
-    """Scores keyed by (LR kind, method, sensor) over the `role` tiles of the manifest's scenes."""
+             role: str = "test", tile: int = 384,
+             sensors: Optional[Sequence[str]] = None) -> dict[tuple[str, str, str], Scores]:
+    """Scores keyed by (LR kind, method, sensor) over the `role` tiles of the manifest's scenes (of `sensors`
+    only, when given: the held-out family of the leave-one-family-out protocol)."""
     scores: dict[tuple[str, str, str], Scores] = defaultdict(lambda: Scores([], [], []))
-    scenes = scenes_from_manifest(manifest)
+    scenes = scenes_from_manifest(manifest, sensors)
     for index, item in enumerate(evaluation_tiles(scenes, role=role, tile=tile)):
         hr = torch.from_numpy(item.hr)
         for kind in LR_KINDS:
@@ -206,22 +210,24 @@ def build_methods(scale: int, weights: Optional[Path], reference: Optional[Path]
     return methods
 
 
-def card_table_span(card: str) -> tuple[int, int]:
-    """Where the replaceable table of a model card starts (after CARD_BEGIN) and ends (at CARD_END).
+def card_table_span(card: str, markers: tuple[str, str] = (CARD_BEGIN, CARD_END)) -> tuple[int, int]:
+    """Where the replaceable table of a model card starts (after the begin marker) and ends (at the end marker).
 
     A card without both markers, in order, is an error rather than a silent
-    append; main() checks it before the minutes of evaluation, not after.
+    append; main() checks it before the minutes of evaluation, not after. Each
+    benchmark that writes into the card has its own pair of markers.
     """
-    begin, end = card.find(CARD_BEGIN), card.find(CARD_END)
+    begin_marker, end_marker = markers
+    begin, end = card.find(begin_marker), card.find(end_marker)
     if begin < 0 or end < begin:
-        raise ValueError(f"the model card needs the lines {CARD_BEGIN!r} and {CARD_END!r}, in that order, "
+        raise ValueError(f"the model card needs the lines {begin_marker!r} and {end_marker!r}, in that order, "
                          "around the table to replace")
-    return begin + len(CARD_BEGIN), end
+    return begin + len(begin_marker), end
 
 
-def embed_in_card(card: str, table: str) -> str:
+def embed_in_card(card: str, table: str, markers: tuple[str, str] = (CARD_BEGIN, CARD_END)) -> str:
     """The model card `card` with its table replaced by `table`, so the card's table is never retyped."""
-    start, end = card_table_span(card)
+    start, end = card_table_span(card, markers)
     return f"{card[:start]}\n{table.strip()}\n{card[end:]}"
 
 
@@ -241,6 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side (NIQE needs >= 2 x 96 px)")
     parser.add_argument("--niqe", type=Path, default=None, help="NIQE parameters (default: beside the manifest)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--sensors", nargs="+", metavar="SENSOR",
+                        help="score only these sensor families (e.g. neon): a model trained with "
+                             "data.exclude_sensors: [neon] is scored on the family it never saw")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the student with the consistency option (back-projection to the LR)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -252,12 +261,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             card_table_span(args.card.read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"--card {args.card}: {error}") from None
+    if args.sensors:
+        try:
+            scenes_from_manifest(args.data, args.sensors)
+        except ValueError as error:
+            raise SystemExit(f"--sensors: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
     methods = build_methods(args.scale, args.weights, args.reference, args.consistency)
     start = time.monotonic()
-    scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile)
+    scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile,
+                      sensors=args.sensors)
     table = format_table(scores, niqe_model, list(methods), args.scale, args.role)
     if args.weights:
         student = student_label(args.weights)

@@ -13,6 +13,17 @@ Crops are drawn sensor first (sensors mixed equally), then scene and block by
 area, then position; crops with nodata or with too many cloud-bright pixels are
 redrawn. Item `i` depends only on (seed, i), so a run is reproducible whatever
 the number of data-loader workers.
+
+Options for remote-sensing recipes, all off by default so existing recipes
+replay item for item: `exclude_sensors` leaves sensor families out (the
+leave-one-family-out protocol: train without F, score on F with
+`benchmarks.quality --sensors F`); `single_band_fraction` draws that share of
+crops from the manifest's single-band files (every Sentinel-2 and Landsat 8
+band), replicated to the model's three channels as the engine feeds every
+non-RGB band; `degradation` picks the chain for degraded items: Real-ESRGAN's
+(`realesrgan`), the sensor chain of `training.sensor_degradation` (`sensor`),
+or either with equal chance (`mix`). `dataset_options` reads them from a
+config's `data` section.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from backend.raster import STRETCH_SAMPLE_SIDE, map_bands
 
 from .blocks import ROLES, Block, whole_scene
 from .degradation import DegradationSettings, bicubic_downsample, degrade
+from .sensor_degradation import SensorSettings, sensor_degrade
 
 gdal.UseExceptions()
 
@@ -41,6 +53,10 @@ BRIGHT_LEVEL = 0.9
 # Crops with a larger share of cloud-bright pixels are redrawn.
 MAX_BRIGHT_SHARE = 0.1
 MAX_DRAWS = 30
+# How degraded items get their LR: one chain, or either with equal chance.
+DEGRADATIONS = ("realesrgan", "sensor", "mix")
+# The LR kinds an item can carry ("degraded" items are one of the last two).
+LR_KINDS = ("clean", "realesrgan", "sensor")
 
 
 @dataclass(frozen=True)
@@ -55,13 +71,31 @@ class SceneRef:
     blocks: dict[str, list[Block]] = field(default_factory=dict)
 
 
-def scenes_from_manifest(manifest: Path) -> list[SceneRef]:
-    """The scenes listed in a data manifest (paths relative to the manifest's folder)."""
+def scenes_from_manifest(manifest: Path, sensors: Optional[Sequence[str]] = None) -> list[SceneRef]:
+    """The 3-band scenes listed in a data manifest (paths relative to the manifest's folder); with `sensors`,
+    only those families' (an unknown name is an error, so a typo cannot empty a benchmark silently)."""
+    return _entries(manifest, "scenes", (1, 2, 3), sensors)
+
+
+def band_scenes_from_manifest(manifest: Path, sensors: Optional[Sequence[str]] = None) -> list[SceneRef]:
+    """The manifest's single-band files (`bands`), each read as its band replicated to three channels."""
+    return _entries(manifest, "bands", (1, 1, 1), sensors)
+
+
+def _entries(manifest: Path, key: str, bands: tuple[int, int, int],
+             sensors: Optional[Sequence[str]]) -> list[SceneRef]:
     content = json.loads(Path(manifest).read_text())
+    entries = content.get(key, [])
+    if sensors is not None:
+        known = {entry["sensor"] for entry in content["scenes"]} | {entry["sensor"] for entry in entries}
+        unknown = sorted(set(sensors) - known)
+        if unknown:
+            raise ValueError(f"sensor(s) {', '.join(unknown)} are not in {manifest}; it has {', '.join(sorted(known))}")
+        entries = [entry for entry in entries if entry["sensor"] in sensors]
     scenes = []
-    for entry in content["scenes"]:
+    for entry in entries:
         blocks = {role: [Block(*b) for b in entry["blocks"].get(role, [])] for role in ROLES}
-        scenes.append(SceneRef(entry["name"], Path(manifest).parent / entry["file"], entry["sensor"],
+        scenes.append(SceneRef(entry["name"], Path(manifest).parent / entry["file"], entry["sensor"], bands,
                                nodata=entry.get("nodata"), blocks=blocks))
     return scenes
 
@@ -139,12 +173,34 @@ class SceneReader:
         return np.clip(values, 0.0, 1.0), missing, bright
 
 
-def make_lr(hr: torch.Tensor, scale: int, degraded: bool, generator: torch.Generator,
-            settings: DegradationSettings = DegradationSettings()) -> torch.Tensor:
-    """LR for a [B, 3, H, W] HR batch: the Real-ESRGAN degradation, or clean bicubic downsampling."""
-    if degraded:
+def make_lr(hr: torch.Tensor, scale: int, kind: str, generator: torch.Generator,
+            settings: DegradationSettings = DegradationSettings(),
+            sensor: SensorSettings = SensorSettings()) -> torch.Tensor:
+    """LR for a [B, 3, H, W] HR batch of one of LR_KINDS: clean bicubic downsampling, the Real-ESRGAN
+    degradation, or the sensor chain."""
+    if kind == "realesrgan":
         return degrade(hr, scale, generator, settings)
-    return bicubic_downsample(hr, scale).clamp(0.0, 1.0)
+    if kind == "sensor":
+        return sensor_degrade(hr, scale, generator, sensor)
+    if kind == "clean":
+        return bicubic_downsample(hr, scale).clamp(0.0, 1.0)
+    raise ValueError(f"unknown LR kind {kind!r}; use one of {', '.join(LR_KINDS)}")
+
+
+def dataset_options(data: dict, manifest: Optional[Path] = None) -> dict:
+    """CropDataset keyword arguments from a config's `data` section (keys exclude_sensors,
+    single_band_fraction, degradation); their absence gives the defaults, under which recipes replay.
+
+    `manifest` holds the single-band files `single_band_fraction` draws from.
+    """
+    fraction = float(data.get("single_band_fraction", 0.0))
+    excluded = tuple(data.get("exclude_sensors") or ())
+    if fraction > 0 and manifest is None:
+        raise ValueError("data.single_band_fraction needs data.manifest (its single-band files); "
+                         "run python -m training.data_sources prepare")
+    bands = band_scenes_from_manifest(manifest) if fraction > 0 else []
+    return {"exclude_sensors": excluded, "single_band_fraction": fraction, "band_scenes": bands,
+            "degradation_kind": str(data.get("degradation", "realesrgan"))}
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -152,23 +208,43 @@ class CropDataset(torch.utils.data.Dataset):
 
     Items are dicts: "hr" [3, crop, crop] and "lr" [3, crop/scale, crop/scale]
     float tensors in [0, 1], "sensor" and "scene" names, the crop's scene pixel
-    offset "x", "y" (before augmentation), "degraded" (bool).
-    degraded_fraction: share of items whose LR comes from the Real-ESRGAN
-    degradation instead of clean bicubic downsampling.
+    offset "x", "y" (before augmentation), "degraded" (bool) and "lr_kind" (one of LR_KINDS).
+    degraded_fraction: share of items whose LR is degraded instead of clean
+    bicubic downsampling; degradation_kind: which chain degrades them (DEGRADATIONS).
+    exclude_sensors: families left out of `scenes` and `band_scenes`.
+    single_band_fraction: share of items drawn from `band_scenes` (single-band
+    files read as three equal channels) instead of `scenes`.
     """
 
     def __init__(self, scenes: Sequence[SceneRef], *, crop: int = 128, scale: int = 4, role: str = "train",
                  length: int = 10_000, seed: int = 0, spec: str = DEFAULT_SPEC, degraded_fraction: float = 0.0,
-                 degradation: DegradationSettings = DegradationSettings(), augment: bool = True):
+                 degradation: DegradationSettings = DegradationSettings(), augment: bool = True,
+                 degradation_kind: str = "realesrgan", sensor: SensorSettings = SensorSettings(),
+                 exclude_sensors: Sequence[str] = (), band_scenes: Sequence[SceneRef] = (),
+                 single_band_fraction: float = 0.0):
         if crop % scale:
             raise ValueError(f"crop {crop} is not a multiple of the scale {scale}")
-        self.reader = SceneReader(scenes, spec)
+        if degradation_kind not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation_kind!r}; use one of {', '.join(DEGRADATIONS)}")
+        if not 0.0 <= single_band_fraction <= 1.0:
+            raise ValueError(f"single_band_fraction {single_band_fraction} is not between 0 and 1")
+        known = {scene.sensor for scene in [*scenes, *band_scenes]}
+        unknown = sorted(set(exclude_sensors) - known)
+        if unknown:
+            raise ValueError(f"exclude_sensors names {', '.join(unknown)}, which the data does not hold "
+                             f"(it has {', '.join(sorted(known))})")
+        scenes = [scene for scene in scenes if scene.sensor not in exclude_sensors]
+        band_scenes = [scene for scene in band_scenes if scene.sensor not in exclude_sensors]
+        self.reader = SceneReader([*scenes, *band_scenes], spec)
         self.crop, self.scale, self.length, self.seed = crop, scale, length, seed
         self.degraded_fraction, self.degradation, self.augment = degraded_fraction, degradation, augment
+        self.degradation_kind, self.sensor_settings = degradation_kind, sensor
+        self.single_band_fraction = single_band_fraction
         self.choices = _choices(scenes, role, crop)
-        if not self.choices:
-            raise ValueError(f"no {role} block of the given scenes holds a {crop} px crop")
-        self.sensors = sorted(self.choices)
+        self.band_choices = _choices(band_scenes, role, crop)
+        if not self.choices or (single_band_fraction > 0 and not self.band_choices):
+            which = "single-band file" if self.choices else "scene"
+            raise ValueError(f"no {role} block of the given {which}s holds a {crop} px crop")
 
     @property
     def normalisation_spec(self) -> str:
@@ -195,13 +271,27 @@ class CropDataset(torch.utils.data.Dataset):
         hr = torch.from_numpy(np.ascontiguousarray(values))
         degraded = bool(rng.random() < self.degraded_fraction)
         generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        lr = make_lr(hr[None], self.scale, degraded, generator, self.degradation)[0]
+        kind = self._lr_kind(degraded, rng)
+        lr = make_lr(hr[None], self.scale, kind, generator, self.degradation, self.sensor_settings)[0]
         return {"hr": hr, "lr": lr, "sensor": scene.sensor, "scene": scene.name, "x": x, "y": y,
-                "degraded": degraded}
+                "degraded": degraded, "lr_kind": kind}
+
+    def _lr_kind(self, degraded: bool, rng: np.random.Generator) -> str:
+        """The item's LR kind; only `mix` draws from `rng` (after every earlier draw), so the other settings
+        keep the item streams of recipes that predate it."""
+        if not degraded:
+            return "clean"
+        if self.degradation_kind == "mix":
+            return "sensor" if rng.random() < 0.5 else "realesrgan"
+        return self.degradation_kind
 
     def _draw(self, rng: np.random.Generator) -> tuple[SceneRef, int, int]:
-        sensor = self.sensors[rng.integers(len(self.sensors))]
-        options = self.choices[sensor]
+        # The single-band draw is made only when asked for, so a default run's random stream is unchanged.
+        single = self.single_band_fraction > 0 and rng.random() < self.single_band_fraction
+        choices = self.band_choices if single else self.choices
+        sensors = sorted(choices)
+        sensor = sensors[rng.integers(len(sensors))]
+        options = choices[sensor]
         weights = np.array([b.width * b.height for _, b in options], dtype=np.float64)
         scene, block = options[rng.choice(len(options), p=weights / weights.sum())]
         x = block.x + int(rng.integers(block.width - self.crop + 1))

