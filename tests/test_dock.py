@@ -11,14 +11,14 @@ from osgeo import gdal
 from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
                        QgsRectangle)
 
-from plugin_fixtures import wait_until, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
+from plugin_fixtures import backend_python, wait_until, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
 from slimdiffsr_qgis.contract import SUPPORTED_SCALES
 from slimdiffsr_qgis.interpreter import QgisPython, find_backend_python
 from slimdiffsr_qgis.job import describe_consistency
-from slimdiffsr_qgis.settings import load_settings
+from slimdiffsr_qgis.settings import load_settings, save_settings
 from slimdiffsr_qgis.plan_check import NotEnoughDisk, check_disk, describe_plan
 from slimdiffsr_qgis.shipped_weights import shipped_scales
 
@@ -28,11 +28,15 @@ BOUND = 90.0
 
 @pytest.fixture
 def plugin(qgis_iface, qgis_processing):
+    """The plugin loaded for one test; the settings its panel saves are put back after it, so a weights file
+    chosen in one test is not another test's default."""
     QgsProject.instance().removeAllMapLayers()
+    settings = load_settings()
     loaded = classFactory(qgis_iface)
     loaded.initGui()
     yield loaded
     loaded.unload()
+    save_settings(settings)
     QgsProject.instance().removeAllMapLayers()
 
 
@@ -414,3 +418,14 @@ def test_clearing_the_pytorch_field_lets_set_up_choose_again(dock):
         dock.torch_edit.setText("")
         dock.torch_edit.editingFinished.emit()
     assert load_settings().torch_requirement == ""
+
+
+def test_a_finished_set_up_names_its_interpreter_in_the_panel_and_checks_it_once(plugin, dock):
+    python = backend_python()
+    plugin._on_setup_done(python)  # what the set-up dialog calls when its backend answered
+    assert dock.python_widget.filePath() == python and load_settings().backend_python == python
+    assert dock.setup_label.text() == "Checking the backend..." and "is set up" in dock.status_label.text()
+    wait_until(lambda: plugin.backend_status is not None, BOUND, "the check after set-up")
+    assert plugin.backend_status.ready and plugin.backend_status.python == python
+    assert dock.setup_box.isHidden() and dock.client.is_running()
+    assert dock.client.starts == 1, "one check: filling in the interpreter does not start a second one"

@@ -20,6 +20,7 @@ from plugin_fixtures import REPO, wait_until, write_rgb, write_tiny_shipped_like
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
+from slimdiffsr_qgis.settings import load_settings, save_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread_backends")
 QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")  # Debian's qgis_process wrapper adds a flag QGIS 3.22 rejects
@@ -45,11 +46,15 @@ class RecordingFeedback(QgsProcessingFeedback):
 
 @pytest.fixture
 def plugin(qgis_iface, qgis_processing):
+    """The plugin loaded for one test; the settings its panel saves are put back after it, so a weights file
+    chosen in one test is not another test's default."""
     QgsProject.instance().removeAllMapLayers()
+    settings = load_settings()
     loaded = classFactory(qgis_iface)
     loaded.initGui()
     yield loaded
     loaded.unload()
+    save_settings(settings)
     QgsProject.instance().removeAllMapLayers()
 
 
