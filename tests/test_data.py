@@ -11,7 +11,8 @@ import torch
 
 from rasters import smooth_image, write_raster
 from training.blocks import Block, whole_scene
-from training.data import (CropDataset, SceneRef, evaluation_tiles, scenes_from_folder, scenes_from_manifest)
+from training.data import (CropDataset, SceneRef, dataset_options, evaluation_tiles, scenes_from_folder,
+                           scenes_from_manifest)
 from training.degradation import bicubic_downsample
 
 torch.set_num_threads(1)
@@ -131,3 +132,61 @@ def test_worker_processes_give_the_same_items_as_the_main_process(tmp_path):
     expected = torch.stack([dataset[i]["hr"] for i in range(4)])
     torch.testing.assert_close(torch.cat([b["hr"] for b in batches]), expected, rtol=0, atol=0)
     assert batches[0]["sensor"] == ["s2", "s2"]
+
+
+def _single_band(tmp_path: Path, name: str, sensor: str = "s2") -> SceneRef:
+    values = (smooth_image(1, 96, 96, seed=7) * 3000 + 50).astype(np.uint16)
+    path = write_raster(str(tmp_path / f"{name}.tif"), values, nodata=0)
+    return SceneRef(name, Path(path), sensor, (1, 1, 1), nodata=0, blocks=whole_scene(96, 96, "train"))
+
+
+def test_excluded_sensor_families_never_appear_and_an_unknown_family_is_an_error(tmp_path):
+    scenes = [_scene(tmp_path, "a", sensor="s2"), _scene(tmp_path, "b", sensor="neon")]
+    dataset = CropDataset(scenes, crop=32, length=40, exclude_sensors=["neon"])
+    assert {dataset[i]["sensor"] for i in range(40)} == {"s2"}
+    with pytest.raises(ValueError, match="nenon"):
+        CropDataset(scenes, crop=32, length=4, exclude_sensors=["nenon"])
+
+
+def test_single_band_items_are_one_band_replicated_to_three_channels(tmp_path):
+    dataset = CropDataset([_scene(tmp_path, "rgb")], crop=32, length=60, band_scenes=[_single_band(tmp_path, "nir")],
+                          single_band_fraction=0.5)
+    items = [dataset[i] for i in range(60)]
+    single = [item for item in items if item["scene"] == "nir"]
+    assert 10 < len(single) < 50
+    for item in single:
+        assert torch.equal(item["hr"][0], item["hr"][1]) and torch.equal(item["hr"][0], item["hr"][2])
+        assert torch.equal(item["lr"][0], item["lr"][2])
+
+
+def test_the_default_options_draw_the_same_items_as_before_they_existed(tmp_path):
+    scenes = [_scene(tmp_path, "a"), _scene(tmp_path, "b", sensor="l8")]
+    plain = CropDataset(scenes, crop=32, length=8, seed=4, degraded_fraction=0.5)
+    options = CropDataset(scenes, crop=32, length=8, seed=4, degraded_fraction=0.5, **dataset_options({}))
+    for i in range(8):
+        assert torch.equal(plain[i]["lr"], options[i]["lr"]) and plain[i]["scene"] == options[i]["scene"]
+    assert {plain[i]["lr_kind"] for i in range(8)} <= {"clean", "realesrgan"}
+
+
+@pytest.mark.parametrize("kind, expected", [("sensor", {"sensor"}), ("mix", {"sensor", "realesrgan"})])
+def test_the_degradation_option_picks_the_chain_of_degraded_items(tmp_path, kind, expected):
+    dataset = CropDataset([_scene(tmp_path, "a")], crop=32, length=16, degraded_fraction=1.0, degradation_kind=kind)
+    items = [dataset[i] for i in range(16)]
+    assert {item["lr_kind"] for item in items} == expected
+    assert all(item["lr"].shape == (3, 8, 8) for item in items)
+    assert torch.equal(dataset[3]["lr"], dataset[3]["lr"])
+
+
+def test_config_options_are_read_and_single_bands_need_a_manifest(tmp_path):
+    band = _single_band(tmp_path, "b8")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"scenes": [], "bands": [{"name": "b8", "file": "b8.tif", "sensor": "s2", "nodata": 0, '
+                        '"blocks": {"train": [[0, 0, 96, 96]], "validation": [], "test": []}}]}')
+    options = dataset_options({"exclude_sensors": ["neon"], "single_band_fraction": 0.25, "degradation": "mix"},
+                              manifest)
+    assert options["exclude_sensors"] == ("neon",) and options["degradation_kind"] == "mix"
+    assert [(s.path, s.bands) for s in options["band_scenes"]] == [(band.path, (1, 1, 1))]
+    with pytest.raises(ValueError, match="single_band_fraction needs data.manifest"):
+        dataset_options({"single_band_fraction": 0.25})
+    with pytest.raises(ValueError, match="unknown degradation"):
+        CropDataset([_scene(tmp_path, "a")], crop=32, length=2, degradation_kind="jpeg")
