@@ -18,6 +18,7 @@ from qgis.PyQt.QtWidgets import QAction
 from .backend_check import BackendStatus, check_backend, check_new_backend
 from .backend_setup import SetupError, backend_package
 from .client import BackendClient
+from .contract import KIND_INTERNAL
 from .dock import SuperResolveDock
 from .download_plan import nvidia_gpus
 from .icons import icon_path
@@ -112,9 +113,13 @@ class SlimDiffSRPlugin:
         client = self.client()
 
         def check() -> None:
-            if restart:
-                client.stop()
-            self._relay.checked.emit(check_backend(client, self.launch_spec))
+            try:
+                if restart:
+                    client.stop()
+                status = check_backend(client, self.launch_spec)
+            except Exception as error:  # noqa: BLE001 (an answer must come, or no later check would start)
+                status = BackendStatus(False, "", KIND_INTERNAL, f"The backend check failed: {error}")
+            self._relay.checked.emit(status)
 
         # Not joined on unload: closing the client cuts a check's backend start short.
         threading.Thread(target=check, name="slimdiffsr-check", daemon=True).start()
