@@ -70,14 +70,14 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
     return [Tile(x, y, tw, th, c, r) for r, y in enumerate(ys) for c, x in enumerate(xs)]
 
 
-def choose_tile(width: int, height: int, overlap: int, largest: int, multiple: int = 1) -> int:
-    """The square tile side, at most `largest`, whose grid covers the window with the fewest model pixels.
+def choose_tile(width: int, height: int, overlap: int, largest: int, multiple: int = 1, smallest: int = 16) -> int:
+    """The square tile side, from `smallest` to `largest`, whose grid covers the window with the fewest
+    model pixels.
 
     A window that fits in one tile is one tile (no seams, no shared statistics). Otherwise sides from
-    `largest` down are tried and the cheapest grid wins, counting each tile at its size rounded up to
-    `multiple` (the model pads to it): a 768 px window in tiles of 256 with 32 px overlap computes 16
-    tiles of 256 (1.78x the window), in tiles of 216 also 16 tiles but 1.27x, since tiles are spread
-    evenly and a smaller tile that still needs as many of them costs less.
+    `largest` down to `smallest` are tried and the cheapest grid wins, counting each tile at its size
+    rounded up to `multiple` (the model pads to it): tiles are spread evenly, so a 2048 px window in
+    tiles of 436 with 32 px overlap computes 1.13x the window, in tiles of 512 1.56x.
     """
     if max(width, height) <= largest:
         return max(width, height)
@@ -87,7 +87,7 @@ def choose_tile(width: int, height: int, overlap: int, largest: int, multiple: i
         padded = lambda length: -(-min(side, length) // multiple) * multiple
         return columns * rows * padded(width) * padded(height)
 
-    smallest = max(2 * overlap + multiple, multiple, 16)
+    smallest = max(2 * overlap + multiple, multiple, smallest)
     sides = range(largest - largest % multiple or largest, smallest - 1, -multiple)
     return min(sides, key=lambda side: (cost(side), -side)) if sides else largest
 

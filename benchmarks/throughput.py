@@ -2,8 +2,9 @@
 
     .venv/bin/python -m benchmarks.throughput [--size 2048] [--weights W] [--threads N] [--workdir D]
 
-One process. First the model alone: the loaded student on LR tiles of the engine's default size, as many
-as cover the output once with no overlap, no statistics pass, no I/O (the least the pipeline could cost).
+One process. First the model alone: the loaded student on LR tiles of the size the engine chooses for this
+input on this device (`backend.engine.run_tile`), as many as cover the output once with no overlap, no
+statistics pass, no I/O (the least the pipeline could cost at that tile size).
 Then the whole CLI run (`slimdiffsr run IN OUT`, called in-process) on a SIZE² uint16 3-band input at x4,
 with everything it does: reading, normalisation, tiling with overlap, the GroupNorm statistics pass,
 blending, writing a compressed GeoTIFF. The last line reads `pipeline throughput: N % of model-only`.
@@ -24,7 +25,9 @@ import torch
 from osgeo import gdal, osr
 
 from backend.cli import main as cli_main
+from backend.engine import run_tile
 from backend.models import load
+from backend.raster import Window
 from backend.resources import default_weights_path
 from slimdiffsr_qgis.contract import RunRequest
 
@@ -51,9 +54,11 @@ def make_input(path: Path, side: int) -> None:
     dataset = None
 
 
-def model_only_seconds(weights: str, side: int, tile: int) -> float:
-    """Seconds the model alone needs for a side² input's output: the median tile time times the tiles."""
+def model_only_seconds(weights: str, side: int) -> tuple[float, int]:
+    """Seconds the model alone needs for a side² input's output (the median tile time times the tiles), and
+    the tile side."""
     model = load(weights).eval()
+    tile = run_tile(RunRequest(input="-", output="-.tif"), model, torch.device("cpu"), Window(0, 0, side, side))
     lr = torch.rand(1, 3, tile, tile)
     timings = []
     with torch.inference_mode():
@@ -63,7 +68,7 @@ def model_only_seconds(weights: str, side: int, tile: int) -> float:
             model(lr)
             timings.append(time.perf_counter() - started)
     tiles = (side / tile) ** 2
-    return statistics.median(timings) * tiles
+    return statistics.median(timings) * tiles, tile
 
 
 def peak_rss_mb() -> float:
@@ -79,7 +84,6 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="where to write the input and output (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tile = RunRequest(input="-", output="-.tif").tile
     output_megapixels = (args.size * SCALE) ** 2 / 1e6
     with tempfile.TemporaryDirectory(prefix="slimdiffsr-throughput-") as temp:
         work = Path(args.workdir or temp)
@@ -87,9 +91,9 @@ def main() -> int:
         source = work / f"input_{args.size}.tif"
         if not source.exists():
             make_input(source, args.size)
-        model_seconds = model_only_seconds(args.weights, args.size, tile)
+        model_seconds, tile = model_only_seconds(args.weights, args.size)
         print(f"model only: {model_seconds:.1f} s for {output_megapixels:.1f} output MP "
-              f"({output_megapixels / model_seconds:.3f} MP/s; {args.threads} thread(s))", flush=True)
+              f"({output_megapixels / model_seconds:.3f} MP/s; tiles of {tile}; {args.threads} thread(s))", flush=True)
         started = time.perf_counter()
         code = cli_main(["run", str(source), str(work / "output.tif"), "--weights", args.weights, "--overwrite"])
         pipeline_seconds = time.perf_counter() - started

@@ -70,3 +70,20 @@ def test_pending_memory_is_one_overlap_band_whatever_the_raster_height(height):
         peak = max(peak, sum(cell[0].size for cell in blender._pending.values()))
     band = (width * scale) * (2 * overlap * scale)
     assert peak <= band + 2 * (tile * scale) ** 2
+
+
+def test_a_window_that_fits_one_tile_is_one_tile():
+    from backend.tiling import choose_tile
+
+    assert choose_tile(300, 200, 32, largest=512) == 300
+
+
+def test_the_chosen_tile_covers_the_window_with_the_fewest_model_pixels():
+    from backend.tiling import choose_tile
+
+    def pixels(side: int) -> int:
+        return len(tile_starts(2048, side, 32)) ** 2 * side ** 2
+
+    chosen = choose_tile(2048, 2048, 32, largest=512, multiple=4, smallest=256)
+    assert 256 <= chosen <= 512 and chosen % 4 == 0
+    assert pixels(chosen) < min(pixels(512), pixels(256)) and pixels(chosen) < 1.15 * 2048 ** 2
