@@ -25,3 +25,17 @@ def rgb_uint8(tmp_path) -> str:
     """A 3-band uint8 EPSG:32633 raster, 80 x 64 px."""
     values = (smooth_image(3, 64, 80, seed=1) * 255).astype(np.uint8)
     return write_raster(str(tmp_path / "rgb_uint8.tif"), values)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_plugin_settings(qgis_app):
+    """Start every test session with the plugin's QGIS settings at their defaults.
+
+    pytest-qgis keeps one settings folder (.qgis-settings) across sessions, so a weights path or device a
+    dock test stored would otherwise be the next session's default in Processing.
+    """
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("slimdiffsr")
+    yield
+
