@@ -1,9 +1,11 @@
 """Held-out quality of SR models vs GDAL resampling: PSNR-Y, SSIM-Y and NIQE per sensor, as one Markdown table.
 
 On the manifest's test blocks (validation blocks with `--role validation`, the
-ones to choose a recipe on; one sensor family's only with `--sensors`), every HR tile is downsampled to LR in two ways:
-clean antialiased bicubic, and the Real-ESRGAN degradation with a fixed seed
-per tile. Each LR is brought back to HR size by GDAL cubic and lanczos
+ones to choose a recipe on; one sensor family's only with `--sensors`, which
+scores a model trained with `data.exclude_sensors` on the family it never
+saw), every HR tile is downsampled to LR in two ways: clean antialiased
+bicubic, and the Real-ESRGAN degradation with a fixed seed per tile (and a
+third with `--sensor-lr`: the sensor chain of `training.sensor_degradation`). Each LR is brought back to HR size by GDAL cubic and lanczos
 resampling (gdal.Translate on an in-memory dataset: what a QGIS user would do
 otherwise), by the student weights (`--weights`, run through the engine's
 tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
@@ -36,12 +38,15 @@ from backend.engine import RGB_PASS, super_resolve_array
 from slimdiffsr_qgis.contract import RunRequest
 from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample, degrade
+from training.sensor_degradation import sensor_degrade
 from training.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
 
 gdal.UseExceptions()
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 LR_KINDS = ("clean", "degraded")
+# With --sensor-lr, a third LR kind: the sensor chain of training.sensor_degradation.
+SENSOR_LR = "sensor"
 DEGRADATION_SEED = 2021
 OVERALL = "overall"
 CONSISTENCY_SUFFIX = " + consistency"
@@ -84,23 +89,25 @@ def model_upsampler(model: torch.nn.Module, consistency: bool = False,
 
 
 def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
-    """The LR of one HR tile: clean bicubic, or the Real-ESRGAN degradation seeded by `seed`."""
+    """The LR of one HR tile: clean bicubic, the Real-ESRGAN degradation or the sensor chain, seeded by `seed`."""
     batch = torch.from_numpy(hr)[None]
     if kind == "clean":
         return bicubic_downsample(batch, scale).clamp(0, 1)[0].numpy()
+    if kind == SENSOR_LR:
+        return sensor_degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
     return degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
 
 
 def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_model: NiqeModel,
-             role: str = "test", tile: int = 384,
-             sensors: Optional[Sequence[str]] = None) -> dict[tuple[str, str, str], Scores]:
+             role: str = "test", tile: int = 384, sensors: Optional[Sequence[str]] = None,
+             kinds: Sequence[str] = LR_KINDS) -> dict[tuple[str, str, str], Scores]:
     """Scores keyed by (LR kind, method, sensor) over the `role` tiles of the manifest's scenes (of `sensors`
     only, when given: the held-out family of the leave-one-family-out protocol)."""
     scores: dict[tuple[str, str, str], Scores] = defaultdict(lambda: Scores([], [], []))
     scenes = scenes_from_manifest(manifest, sensors)
     for index, item in enumerate(evaluation_tiles(scenes, role=role, tile=tile)):
         hr = torch.from_numpy(item.hr)
-        for kind in LR_KINDS:
+        for kind in kinds:
             lr = make_lr(item.hr, scale, kind, DEGRADATION_SEED + index)
             for name, upsample in methods.items():
                 output = torch.from_numpy(np.clip(upsample(lr), 0.0, 1.0))
@@ -109,6 +116,12 @@ def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_mod
                 entry.ssim.append(ssim_y(output, hr, border=scale))
                 entry.features.append(niqe_features(output, niqe_model, border=scale))
     return scores
+
+
+def kinds_of(scores: dict[tuple[str, str, str], Scores]) -> list[str]:
+    """The LR kinds scored, in table order."""
+    found = {kind for kind, _, _ in scores}
+    return [kind for kind in (*LR_KINDS, SENSOR_LR) if kind in found]
 
 
 def sensors_of(scores: dict[tuple[str, str, str], Scores]) -> list[str]:
@@ -135,7 +148,7 @@ def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeMod
     lines = [f"x{scale} on the {role} blocks: PSNR-Y / SSIM-Y higher is better, NIQE lower is better.", "",
              "| LR | sensor | tiles | method | PSNR-Y (dB) | SSIM-Y | NIQE |",
              "|---|---|---:|---|---:|---:|---:|"]
-    for kind in LR_KINDS:
+    for kind in kinds_of(scores):
         for sensor, label in sensor_rows(scores):
             for method in methods:
                 entries = [scores[(kind, method, s)] for s in (sensors if sensor == OVERALL else [sensor])]
@@ -159,7 +172,7 @@ def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, bas
     lines = [f"PSNR-Y lead of {student} (dB, positive = ahead):", "",
              "| LR | sensor | " + " | ".join(f"over {b}" for b in baselines) + " |",
              "|---|---|" + "---:|" * len(baselines)]
-    for kind in LR_KINDS:
+    for kind in kinds_of(scores):
         for sensor, label in sensor_rows(scores):
             leads = [mean_psnr(scores, kind, student, sensor) - mean_psnr(scores, kind, b, sensor) for b in baselines]
             lines.append(f"| {kind} | {label} | " + " | ".join(f"{rounded_down(lead):+.3f}" for lead in leads) + " |")
@@ -250,6 +263,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sensors", nargs="+", metavar="SENSOR",
                         help="score only these sensor families (e.g. neon): a model trained with "
                              "data.exclude_sensors: [neon] is scored on the family it never saw")
+    parser.add_argument("--sensor-lr", action="store_true",
+                        help="also score LR from the sensor chain (PSF with MTF at Nyquist 0.1-0.4, "
+                             "Poisson-Gaussian noise, JPEG2000; training/sensor_degradation.py)")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the student with the consistency option (back-projection to the LR)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -271,13 +287,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
     methods = build_methods(args.scale, args.weights, args.reference, args.consistency)
     start = time.monotonic()
+    kinds = (*LR_KINDS, SENSOR_LR) if args.sensor_lr else LR_KINDS
     scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile,
-                      sensors=args.sensors)
+                      sensors=args.sensors, kinds=kinds)
     table = format_table(scores, niqe_model, list(methods), args.scale, args.role)
     if args.weights:
         student = student_label(args.weights)
         table += "\n" + format_margins(scores, student, [m for m in methods if m != student])
-    table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation, seed "
+    table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation"
+              f"{'; sensor = training.sensor_degradation' if args.sensor_lr else ''}, seed "
               f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
               f"Command: python -m benchmarks.quality {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     print(table)

@@ -228,7 +228,8 @@ def format_table(scores: dict[tuple[str, str], list[tuple[float, float]]], label
     for pair in pairs:
         for label in labels:
             values = np.array(scores[(pair, label)])
-            lines.append(f"| {pair} | {len(values)} | {label} | {values[:, 0].mean():.2f} | {values[:, 1].mean():.3f} |")
+            psnr, correlation = values.mean(axis=0)
+            lines.append(f"| {pair} | {len(values)} | {label} | {psnr:.2f} | {correlation:.3f} |")
     models = [label for label in labels if not label.startswith("GDAL") or label == LANCZOS_REDUCED]
     if models:
         lines += ["", "Lead over GDAL lanczos (PSNR in dB and Laplacian correlation, rounded down; positive = ahead):",

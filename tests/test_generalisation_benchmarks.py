@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import band_passes, real_pairs
-from benchmarks.quality import evaluate as quality_evaluate, gdal_upsample
+from benchmarks.quality import LR_KINDS, SENSOR_LR, evaluate as quality_evaluate, format_table, gdal_upsample
 from plugin_fixtures import write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from training.metrics import NiqeModel
@@ -83,7 +83,8 @@ def test_x4_weights_are_scored_on_x2_pairs_reduced_by_two_beside_the_reduced_lan
 
 def test_quality_scores_one_sensor_family_only(tmp_path):
     for name in ("a", "b"):
-        write_raster(str(tmp_path / f"{name}.tif"), (smooth_image(3, 192, 192) * 4000 + 100).astype(np.uint16), nodata=0)
+        values = (smooth_image(3, 192, 192) * 4000 + 100).astype(np.uint16)
+        write_raster(str(tmp_path / f"{name}.tif"), values, nodata=0)
     blocks = {"train": [], "validation": [], "test": [[0, 0, 192, 192]]}
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"scenes": [
@@ -116,3 +117,21 @@ def test_the_band_pass_table_scores_rgb_and_nir_against_lanczos(tmp_path):
     assert all(len(scores[(kind, name)]) == 4 for kind in band_passes.LR_KINDS for name in methods)
     table = band_passes.format_table(scores, list(methods), 4, "test")
     assert "| clean | GDAL lanczos | 4 |" in table and "+0.000 | +0.000 |" in table
+
+
+def test_sensor_lr_is_a_third_lr_kind_of_the_quality_table(tmp_path):
+    values = (smooth_image(3, 192, 384) * 4000 + 100).astype(np.uint16)
+    write_raster(str(tmp_path / "a.tif"), values, nodata=0)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"scenes": [{"name": "a", "file": "a.tif", "sensor": "s2", "nodata": 0,
+                                                "blocks": {"train": [], "validation": [],
+                                                           "test": [[0, 0, 384, 192]]}}]}))
+    window = np.outer(*(2 * [np.exp(-(np.arange(7) - 3) ** 2 / (2 * (7 / 6) ** 2))]))
+    np.savez(tmp_path / "niqe.npz", mu_pris_param=np.zeros((1, 36)), cov_pris_param=np.eye(36),
+             gaussian_window=window / window.sum())
+    niqe_model = NiqeModel(tmp_path / "niqe.npz")
+    methods = {"GDAL cubic": lambda lr: gdal_upsample(lr, 4, "cubic")}
+    scores = quality_evaluate(manifest, methods, 4, niqe_model, tile=192, kinds=(*LR_KINDS, SENSOR_LR))
+    table = format_table(scores, niqe_model, list(methods), 4, "test")
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == \
+        ["clean", "clean", "degraded", "degraded", "sensor", "sensor"]

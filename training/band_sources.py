@@ -43,7 +43,7 @@ _SNAP = 1e-6
 
 @dataclass(frozen=True)
 class PairSource:
-    """A cross-resolution pair: the coarse band(s) to super-resolve x2 and the family's band at twice their resolution."""
+    """A cross-resolution pair: coarse band(s) to super-resolve x2, and the family's band at twice their resolution."""
 
     name: str
     lr_bands: tuple[str, ...]
