@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from slimdiffsr_qgis.contract import BadInput
 
 from .config import section
-from .data import CropDataset, SceneRef, scenes_from_folder, scenes_from_manifest
+from .data import CropDataset, SceneRef, dataset_options, scenes_from_folder, scenes_from_manifest
 
 
 def scenes(config: dict[str, Any], role: str) -> list[SceneRef]:
@@ -34,14 +34,16 @@ def scenes(config: dict[str, Any], role: str) -> list[SceneRef]:
 
 
 def training_dataset(config: dict[str, Any]) -> CropDataset:
-    """Seeded training crops with LR made by the Real-ESRGAN degradation for `degraded_fraction` of them."""
+    """Seeded training crops, `degraded_fraction` of them with degraded LR (Real-ESRGAN's chain, the sensor
+    model or a mix: data.degradation), optionally single-band crops and without some sensor families."""
     data = section(config, "data")
     try:
+        manifest = Path(data["manifest"]) if data.get("manifest") else None
         return CropDataset(
             scenes(config, "train"), crop=int(data.get("crop", 512)), scale=int(config["scale"]), role="train",
             length=int(data.get("length", 100_000)), seed=int(data.get("seed", 0)),
             spec=str(config.get("normalisation", "percentile:2,98")),
-            degraded_fraction=float(data.get("degraded_fraction", 1.0)),
+            degraded_fraction=float(data.get("degraded_fraction", 1.0)), **dataset_options(data, manifest),
         )
     except ValueError as exc:
         raise BadInput(f"training data: {exc}") from None
