@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from backend.models import load
+from backend.models import load, read_metadata
 from backend.models.error_head import ErrorHead, ErrorHeadConfig, laplace_nll, save_head
 from backend.models.weights import file_sha256
 from training.data import CropDataset, scenes_from_manifest
@@ -135,17 +135,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="training time budget")
     parser.add_argument("--steps", type=int, default=20_000, help="at most this many steps")
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
-    parser.add_argument("--crops", type=int, default=1200, help="number of precomputed training crops")
+    parser.add_argument("--crops", type=int, default=1600, help="number of precomputed training crops")
     parser.add_argument("--channels", type=int, default=ErrorHeadConfig.channels, help="head width")
+    parser.add_argument("--dilations", type=int, nargs="+", default=list(ErrorHeadConfig.dilations),
+                        help="one dilation per 3x3 conv of the head")
     parser.add_argument("--cache", type=Path, default=Path("runs/error_head"), help="folder of precomputed crops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    student_meta_scale = load(args.student).scale
+    student_scale = read_metadata(args.student)["config"]["scale"]
     crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed)
     crops = keep_sensors(crops, args.exclude_sensors)
-    config = ErrorHeadConfig(scale=student_meta_scale, channels=args.channels)
+    config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
     head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed)
     families = sorted(set(crops["sensor"]))
     meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
