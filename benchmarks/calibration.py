@@ -38,7 +38,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from backend.models import load
 from backend.models.error_head import load_head, predict_error
@@ -65,10 +64,20 @@ def block_means(values: np.ndarray, block: int = BLOCK) -> np.ndarray:
 
 
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Spearman rank correlation of two flat arrays; nan when either is constant."""
+    """Spearman rank correlation of two flat arrays (ties share their mean rank); nan when either is constant."""
     if np.ptp(predicted) == 0 or np.ptp(actual) == 0:
         return float("nan")
-    return float(spearmanr(predicted, actual).statistic)
+    return float(np.corrcoef(_ranks(predicted), _ranks(actual))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 of a flat array, tied values given the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(values.size)
+    _, groups, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(groups, weights=ranks)
+    return (sums / counts)[groups]
 
 
 def sparsification_curve(predicted: np.ndarray, actual: np.ndarray,

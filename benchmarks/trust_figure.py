@@ -3,7 +3,8 @@
 One row per LR kind (clean bicubic, Real-ESRGAN degraded), the same tiles and LR
 as benchmarks.calibration (whose cached student outputs it reuses). Predicted b
 (expected |error|) and actual |error| (mean over the 3 channels) share one colour
-scale per row, so a calibrated head shows the same brightness in both.
+scale per row, from black (0) through purple to yellow (the row's 99th percentile),
+so a calibrated head shows the same brightness in both.
 
     .venv/bin/python -m benchmarks.trust_figure --student resources/weights/slimdiffsr_x4.safetensors \
         --head resources/weights/slimdiffsr_x4.error.safetensors --out docs/trust_x4.png [--sensor neon --index 0]
@@ -16,20 +17,33 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-import numpy as np  # noqa: E402
+from backend.models.error_head import load_head, predict_error
+from backend.models.weights import file_sha256
+from benchmarks.calibration import student_outputs
+from benchmarks.quality import LR_KINDS
 
-from backend.models.error_head import load_head, predict_error  # noqa: E402
-from backend.models.weights import file_sha256  # noqa: E402
-from benchmarks.calibration import student_outputs  # noqa: E402
-from benchmarks.quality import LR_KINDS  # noqa: E402
+LABEL_HEIGHT = 18
+ZOOM = 2
+GAP = 6
+# Anchors of the error colour scale (black, purple, orange, pale yellow), as in perceptual "magma"-like maps.
+COLOURS = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=np.float64)
 
 
-def _rgb(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.transpose(values, (1, 2, 0)), 0, 1)
+def rgb_image(values: np.ndarray) -> Image.Image:
+    """A [3, H, W] array in [0, 1] as an RGB image enlarged ZOOM times (nearest)."""
+    image = Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0))
+    return image.resize((image.width * ZOOM, image.height * ZOOM), Image.NEAREST)
+
+
+def error_image(values: np.ndarray, top: float) -> Image.Image:
+    """An [H, W] error map coloured on the 0..top scale, enlarged ZOOM times (nearest)."""
+    position = np.clip(values / top, 0, 1) * (len(COLOURS) - 1)
+    anchors = np.arange(len(COLOURS))
+    rgb = np.stack([np.interp(position, anchors, COLOURS[:, c]) for c in range(3)])
+    return rgb_image(rgb / 255)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -50,30 +64,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"--index {args.index}: the test blocks hold {len(tiles)} {args.sensor} tiles")
     item = tiles[args.index]
     hr = item["hr"].numpy().astype(np.float32)
-    figure, axes = plt.subplots(len(LR_KINDS), 5, figsize=(16, 3.5 * len(LR_KINDS)), constrained_layout=True)
+    side = hr.shape[-1] * ZOOM
+    row_height = side + 2 * LABEL_HEIGHT
+    canvas = Image.new("RGB", (5 * (side + GAP) - GAP, LABEL_HEIGHT + len(LR_KINDS) * row_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), f"{item['scene']}, test block, {hr.shape[-1]} px HR, x{head.scale}: predicted and actual "
+                      "error share a colour scale per row (black 0 to yellow = the row's 99th percentile)",
+              fill="black")
     for row, kind in enumerate(LR_KINDS):
         lr = item[f"lr_{kind}"].numpy().astype(np.float32)
         sr = item[f"sr_{kind}"].numpy().astype(np.float32)
         predicted = predict_error(head, lr, sr)
         actual = np.abs(sr - hr).mean(axis=0)
         top = float(np.percentile(np.concatenate([actual.ravel(), predicted.ravel()]), 99))
-        axes[row, 0].imshow(_rgb(lr), interpolation="nearest")
-        axes[row, 0].set_title(f"{kind} LR input (x{head.scale} smaller)")
-        axes[row, 1].imshow(_rgb(sr), interpolation="nearest")
-        axes[row, 1].set_title("super-resolved output")
-        axes[row, 2].imshow(_rgb(hr), interpolation="nearest")
-        axes[row, 2].set_title("HR reference (ground truth)")
-        axes[row, 3].imshow(predicted, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
-        axes[row, 3].set_title(f"predicted |error| (mean {predicted.mean():.3f})")
-        shown = axes[row, 4].imshow(actual, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
-        axes[row, 4].set_title(f"actual |error| vs HR (mean {actual.mean():.3f})")
-        figure.colorbar(shown, ax=axes[row, 3:], shrink=0.8, label="absolute error, [0, 1] units")
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.suptitle(f"{item['scene']} (test block, {args.tile} px HR): the error layer beside the error it predicts")
+        nearest = lr.repeat(head.scale, axis=1).repeat(head.scale, axis=2)
+        columns = ((f"{kind} LR input (nearest)", rgb_image(nearest)), ("super-resolved output", rgb_image(sr)),
+                   ("HR reference (ground truth)", rgb_image(hr)),
+                   (f"predicted |error|, mean {predicted.mean():.3f}", error_image(predicted, top)),
+                   (f"actual |error|, mean {actual.mean():.3f}", error_image(actual, top)))
+        y = LABEL_HEIGHT + row * row_height
+        draw.text((4, y + 3), f"{kind} LR: colour scale 0 to {top:.3f} ([0, 1] units)", fill="black")
+        for column, (label, image) in enumerate(columns):
+            canvas.paste(image, (column * (side + GAP), y + 2 * LABEL_HEIGHT))
+            draw.text((column * (side + GAP) + 4, y + LABEL_HEIGHT + 3), label, fill="black")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=80)
+    canvas.save(args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,8 @@ import torch
 
 from backend.models.error_head import (ErrorHead, ErrorHeadConfig, laplace_nll, load_head, predict_error,
                                        save_head)
-from benchmarks.calibration import (block_means, below_median_share, sparsification_areas, sparsification_curve,
-                                    sparsification_gap, spearman)
+from benchmarks.calibration import (Pooled, add_tile, block_means, below_median_share, format_table,
+                                    sparsification_areas, sparsification_curve, sparsification_gap, spearman)
 from slimdiffsr_qgis.contract import BadInput
 from training.train_error_head import keep_sensors, train
 
@@ -141,3 +141,15 @@ def test_sparsification_curve_of_the_oracle_falls_to_the_smallest_errors():
     curve = sparsification_curve(actual, actual, steps=4)
     np.testing.assert_allclose(curve, np.array([2.5, 2.0, 1.5, 1.0]) / 2.5)
     assert spearman(np.ones(4), actual) != spearman(np.ones(4), actual)  # nan: a constant predictor ranks nothing
+
+
+def test_calibration_table_pools_the_tiles_of_a_family_per_lr_kind():
+    pooled = {}
+    for seed in range(2):
+        b, errors = _laplace_errors(seed)
+        add_tile(pooled.setdefault(("clean", "neon"), Pooled()), b, errors, np.ones_like(b) + b)
+    table = format_table(pooled, "title")
+    row = next(line for line in table.splitlines() if line.startswith("| clean | neon |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2] == "2" and abs(float(cells[3]) - 50) < 2 and abs(float(cells[4]) - 1) < 0.05
+    assert float(cells[5]) > 0.8 and float(cells[7]) > 0.8  # b + 1 ranks blocks exactly as b does
