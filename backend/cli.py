@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Optional, Sequence
 
 from slimdiffsr_qgis.contract import BadInput, Cancelled, SlimDiffSRError
-from slimdiffsr_qgis.contract import DEVICES, SUPPORTED_SCALES, RunRequest, human_size
+from slimdiffsr_qgis.contract import DEFAULT_CONSISTENCY, DEVICES, SUPPORTED_SCALES, RunRequest, human_size
 
 log = logging.getLogger("slimdiffsr")
 CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -107,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--normalisation", help="fixed:LO,HI or percentile:PLO,PHI (default: the weights' own)")
     run.add_argument("--float32", action="store_true", help="write float32 instead of the input's data type")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    run.add_argument("--consistency", choices=("off", "on"), default="off",
-                     help="on: back-project each tile so the output, reduced to the input grid, reproduces the "
-                          "input (costs little; gains a little on clean imagery, loses on noisy or compressed "
-                          "imagery, whose noise it keeps); the figures are recorded either way")
+    run.add_argument("--consistency", choices=("off", "on"), default="on" if DEFAULT_CONSISTENCY else "off",
+                     help="on (the default): back-project each tile so the output, reduced to the input grid, "
+                          "reproduces the input (costs little; measured better on real imagery; it keeps the "
+                          "noise of noisy or compressed inputs, so try off for those); the figures are recorded "
+                          "either way")
     cluster = run.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int,
                          help="run the inputs as tasks on a local Dask cluster of this many worker processes")

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from backend.bands import plan_passes
-from benchmarks.quality import card_table_span, embed_in_card, gdal_upsample, model_upsampler, rounded_down
+from benchmarks.quality import (CONSISTENCY_SUFFIX, card_table_span, embed_in_card, gdal_upsample, model_upsampler,
+                                rounded_down)
 from training.band_sources import Grid
 from training.data import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample
@@ -77,8 +78,9 @@ def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
     return sensor_degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
 
 
-def methods_for(scale: int, weights: Optional[Path]) -> dict[str, Upsampler]:
-    """GDAL cubic and lanczos on all four bands, and the weights through the engine's passes over them."""
+def methods_for(scale: int, weights: Optional[Path], consistency: bool = False) -> dict[str, Upsampler]:
+    """GDAL cubic and lanczos on all four bands, and the weights through the engine's passes over them
+    (also with the consistency option, when asked)."""
     methods: dict[str, Upsampler] = {
         "GDAL cubic": lambda lr: gdal_upsample(lr, scale, "cubic"),
         "GDAL lanczos": lambda lr: gdal_upsample(lr, scale, "lanczos"),
@@ -91,6 +93,8 @@ def methods_for(scale: int, weights: Optional[Path]) -> dict[str, Upsampler]:
             raise SystemExit(f"{weights} is a x{model.scale} model; this run evaluates x{scale}")
         passes = [tuple(band - 1 for band in bands) for bands in plan_passes([1, 2, 3, 4], COLOURS)]
         methods[f"SlimDiffSR ({weights.name})"] = model_upsampler(model, passes=passes)
+        if consistency:
+            methods[f"SlimDiffSR ({weights.name}){CONSISTENCY_SUFFIX}"] = model_upsampler(model, True, passes)
     return methods
 
 
@@ -136,6 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="validation blocks to choose a recipe, test blocks only to report")
     parser.add_argument("--tile", type=int, default=192, help="HR evaluation tile side")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also score the weights with the consistency option (back-projection to the LR)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--card", type=Path, help="also replace the table between this benchmark's markers in "
                                                   "this model card (README.md)")
@@ -147,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"--card {args.card}: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = methods_for(args.scale, args.weights)
+    methods = methods_for(args.scale, args.weights, args.consistency)
     start = time.monotonic()
     try:
         next(four_band_tiles(args.data, args.role, args.tile), None)

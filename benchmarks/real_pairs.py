@@ -65,7 +65,8 @@ from osgeo import gdal
 
 from backend.engine import RGB_PASS
 from backend.normalisation import resolve
-from benchmarks.quality import embed_in_card, card_table_span, gdal_upsample, model_upsampler, rounded_down
+from benchmarks.quality import (CONSISTENCY_SUFFIX, card_table_span, embed_in_card, gdal_upsample, model_upsampler,
+                                rounded_down)
 from training.blocks import ROLES, Block
 from training.data import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
 from training.degradation import bicubic_downsample
@@ -170,17 +171,19 @@ def score(output: np.ndarray, reference: np.ndarray, border: int) -> tuple[float
     return psnr, float(np.corrcoef(detail, real)[0, 1])
 
 
-def model_method(weights: Path, channels: int) -> tuple[str, Upsampler]:
-    """(label, x2 upsampler) of a weights file for `channels` LR bands; x4 models reduced by 2 (module docstring)."""
+def model_method(weights: Path, channels: int, consistency: bool = False) -> tuple[str, Upsampler]:
+    """(label, x2 upsampler) of a weights file for `channels` LR bands, with the engine's consistency option
+    when asked; x4 models reduced by 2 (module docstring)."""
     from backend.models import load
 
     model = load(weights)
     passes = RGB_PASS if channels == 3 else tuple((c,) for c in range(channels))
-    upsample = model_upsampler(model, passes=passes)
+    upsample = model_upsampler(model, consistency, passes)
+    label = f"SlimDiffSR ({weights.name})" + (CONSISTENCY_SUFFIX if consistency else "")
     if model.scale == PAIR_SCALE:
-        return f"SlimDiffSR ({weights.name})", upsample
+        return label, upsample
     if model.scale == 2 * PAIR_SCALE:
-        return f"SlimDiffSR ({weights.name}) x4, reduced x2", reduced(upsample)
+        return f"{label} x4, reduced x2", reduced(upsample)
     raise SystemExit(f"{weights} is a x{model.scale} model; real pairs are x2 (x2 weights, or x4 reduced by 2)")
 
 
@@ -193,7 +196,8 @@ LANCZOS_REDUCED = "GDAL lanczos x4, reduced x2"
 
 
 def evaluate(manifest: Path, weights: Sequence[Path], role: str = "test", tile: int = 96, border: int = 8,
-             names: Optional[Sequence[str]] = None) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list]:
+             names: Optional[Sequence[str]] = None,
+             consistency: bool = False) -> tuple[dict[tuple[str, str], list[tuple[float, float]]], list]:
     """Per (pair, method), the (PSNR, Laplacian correlation) of each tile; and the method labels in order."""
     scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     labels: list[str] = ["GDAL cubic", "GDAL lanczos"]
@@ -204,13 +208,14 @@ def evaluate(manifest: Path, weights: Sequence[Path], role: str = "test", tile: 
             "GDAL lanczos": lambda lr: gdal_upsample(lr, PAIR_SCALE, "lanczos"),
         }
         for path in weights:
-            key = (path, item.lr.shape[0])
-            if key not in models:
-                models[key] = model_method(path, item.lr.shape[0])
-            label, upsample = models[key]
-            if label.endswith("reduced x2"):
-                methods[LANCZOS_REDUCED] = reduced(lambda lr: gdal_upsample(lr, 2 * PAIR_SCALE, "lanczos"))
-            methods[label] = upsample
+            for consistent in (False, True) if consistency else (False,):
+                key = (path, item.lr.shape[0], consistent)
+                if key not in models:
+                    models[key] = model_method(path, item.lr.shape[0], consistent)
+                label, upsample = models[key]
+                if label.endswith("reduced x2"):
+                    methods[LANCZOS_REDUCED] = reduced(lambda lr: gdal_upsample(lr, 2 * PAIR_SCALE, "lanczos"))
+                methods[label] = upsample
         labels += [label for label in methods if label not in labels]
         for label, upsample in methods.items():
             output = onto_reference(upsample(item.lr.astype(np.float32)), item.hr_offset)
@@ -253,6 +258,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tile", type=int, default=96, help="LR tile side")
     parser.add_argument("--border", type=int, default=8, help="HR pixels left out at each tile edge")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also score the weights with the consistency option (back-projection to the LR)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--card", type=Path, help="also replace the table between this benchmark's markers in "
                                                   "this model card (README.md)")
@@ -269,7 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
-    scores, labels = evaluate(args.data, args.weights, args.role, args.tile, args.border, args.pairs)
+    scores, labels = evaluate(args.data, args.weights, args.role, args.tile, args.border, args.pairs,
+                              args.consistency)
     table = format_table(scores, labels, args.role)
     table += (f"\nLR tiles {args.tile} px, HR border {args.border} px left out; x4 weights reduced by 2 with the "
               "antialiased bicubic; Landsat outputs averaged 2x2 onto the PAN's half-pixel-offset grid, and fitted "

@@ -20,7 +20,8 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFormLayout,
 
 from .backend_check import BackendStatus
 from .client import BackendClient
-from .contract import DEVICES, KIND_MISSING_DEPENDENCY, KIND_PROTOCOL, SUPPORTED_SCALES, BadInput, RunRequest
+from .contract import (DEFAULT_CONSISTENCY, DEVICES, KIND_MISSING_DEPENDENCY, KIND_PROTOCOL, SUPPORTED_SCALES, BadInput,
+                       RunRequest)
 from .job import Job
 from .plan_check import describe_plan
 from .request_builder import (LayerNotAFile, build_request, default_output_path, layer_file_path, parse_bands,
@@ -134,6 +135,7 @@ class SuperResolveDock(QDockWidget):
             "Back-project each tile so that the result, reduced to the input's pixel grid, reproduces the input: "
             "the added detail cannot shift colours or move edges the sensor saw. It costs little time. Either way "
             "the result reports how far it differs from the input.")
+        self.consistency_check.setChecked(DEFAULT_CONSISTENCY)
         form.addRow("", self.consistency_check)
 
         self.output_widget = QgsFileWidget(body)

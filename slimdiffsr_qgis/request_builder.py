@@ -13,7 +13,7 @@ from typing import Collection, Optional, Sequence
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsProviderRegistry, QgsRasterLayer, QgsRectangle
 
-from .contract import RunRequest
+from .contract import DEFAULT_CONSISTENCY, RunRequest
 
 
 class LayerNotAFile(Exception):
@@ -46,7 +46,8 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> Optional[str]:
 def build_request(*, input_path: str, output_path: str, scale: int, extent: Optional[QgsRectangle] = None,
                   extent_crs: Optional[QgsCoordinateReferenceSystem] = None, bands: Optional[Sequence[int]] = None,
                   rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = 256,
-                  overlap: int = 32, overwrite: bool = False, consistency: bool = False) -> RunRequest:
+                  overlap: int = 32, overwrite: bool = False,
+                  consistency: bool = DEFAULT_CONSISTENCY) -> RunRequest:
     """The `run` request, checked by the contract (BadInput names the bad field).
 
     extent None (or empty) means the whole raster; empty `weights` means the

@@ -184,7 +184,7 @@ def test_sigterm_during_a_run_cancels_it_exit_143_and_leaves_no_file(tmp_path):
 
 def test_a_partial_file_left_by_a_killed_run_is_removed_by_the_next_run_to_the_same_target(tmp_path):
     run = BackgroundRun(tmp_path)
-    run.wait_for_line("tile passes")
+    run.wait_until(lambda: any(".partial-" in name for name in run.leftovers()), "the run to open its partial file")
     run.process.kill()
     run.process.wait(timeout=TIMEOUT)
     assert [name for name in run.leftovers() if ".partial-" in name], "a killed run leaves its partial file"

@@ -38,6 +38,11 @@ def test_a_bad_field_is_refused_with_a_message_naming_it(fields, message):
         request(**fields)
 
 
+def test_back_projection_is_on_unless_a_request_says_otherwise():
+    assert request().consistency is True
+    assert request(consistency=False).consistency is False
+
+
 def test_a_good_request_round_trips_through_its_json_form():
     made = request(bands=[4, 3, 2, 8], rgb=[4, 3, 2], extent=[1, 2, 3, 4], consistency=True)
     assert RunRequest.from_dict(made.to_dict()) == made

@@ -378,7 +378,7 @@ def test_the_result_line_gives_the_consistency_figures_and_the_checkbox_reaches_
     layer = add_raster(write_rgb(tmp_path / "in.tif", 40, 24), "in")
     dock.layer_combo.setLayer(layer)
     dock.set_extent_source("layer")
-    assert not dock.consistency_check.isChecked(), "off by default"
+    assert dock.consistency_check.isChecked(), "on by default"
     dock.consistency_check.setChecked(ticked)
     task = dock.start()
     assert task.job.request.consistency is ticked

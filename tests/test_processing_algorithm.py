@@ -186,7 +186,7 @@ def test_the_provider_and_its_algorithm_are_registered_with_help(plugin):
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "EXTENT", "BANDS", "RGB", "SCALE", "WEIGHTS", "DEVICE", "CONSISTENCY", "TILE_SIZE",
                      "OVERLAP", "OUTPUT"]
-    assert algorithm.parameterDefinition("CONSISTENCY").defaultValue() is False
+    assert algorithm.parameterDefinition("CONSISTENCY").defaultValue() is True, "on by default, as in the dock and the CLI"
     assert "synthesised" in algorithm.shortHelpString() and "CONSISTENCY: " in algorithm.shortHelpString()
 
 
@@ -364,8 +364,8 @@ def test_consistency_reaches_the_request_and_the_log_gives_the_figures(plugin, t
     feedback = RecordingFeedback()
     parameters = {"INPUT": write_rgb(tmp_path / "in.tif", 40, 24), "SCALE": 4, "WEIGHTS": weights, "DEVICE": "cpu",
                   "TILE_SIZE": 16, "OVERLAP": 2, "OUTPUT": str(tmp_path / "out.tif")}
-    if consistency:
-        parameters["CONSISTENCY"] = True
+    if not consistency:
+        parameters["CONSISTENCY"] = False
     result = processing.run("slimdiffsr:superresolve", parameters, feedback=feedback)
     dataset = gdal.Open(result["OUTPUT"])
     metadata = dataset.GetMetadata()
