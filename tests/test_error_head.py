@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.models.error_head import (ErrorHead, ErrorHeadConfig, laplace_nll, load_head, predict_error,
-                                       save_head)
+from backend.models.error_head import (ErrorHead, ErrorHeadConfig, head_beside, laplace_nll, load_head,
+                                       predict_error, save_head)
 from benchmarks.calibration import (Pooled, add_tile, block_means, below_median_share, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
 from slimdiffsr_qgis.contract import BadInput
@@ -64,6 +64,13 @@ def test_head_trained_for_another_student_is_refused(tmp_path):
     save_head(ErrorHead(SMALL), path, SHA)
     with pytest.raises(BadInput, match="trained for the student weights with sha256 aaaaaaaaaaaa"):
         load_head(path, "b" * 64)
+
+
+def test_the_head_of_a_student_is_found_beside_its_weights(tmp_path):
+    weights = tmp_path / "mine_x4.safetensors"
+    assert head_beside(weights) is None
+    save_head(ErrorHead(SMALL), tmp_path / "mine_x4.error.safetensors", SHA)
+    assert head_beside(weights) == tmp_path / "mine_x4.error.safetensors"
 
 
 def test_a_file_that_is_not_a_head_is_bad_input(tmp_path):

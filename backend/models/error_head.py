@@ -43,6 +43,7 @@ INITIAL_B = 0.02
 """A typical absolute error of the student in [0, 1] units: the head starts near it, not at b = 1."""
 BICUBIC_RADIUS = 2
 """Bicubic upsampling reads 2 LR pixels on each side of an HR pixel's position."""
+HEAD_SUFFIX = ".error.safetensors"
 PathLike = Union[str, os.PathLike]
 
 
@@ -112,7 +113,8 @@ def laplace_nll(log_b: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torc
 def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
     """[h*s, w*s] float32 expected absolute error (b) of each output pixel's channel values, in [0, 1] units.
 
-    lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s].
+    lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s],
+    clipped to [0, 1] here as the written output is and as the head's training outputs were.
     """
     scale = head.scale
     if lr01.ndim != 3 or lr01.shape[0] != 3 or sr01.shape != (3, lr01.shape[1] * scale, lr01.shape[2] * scale):
@@ -120,9 +122,16 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
                          f"got {tuple(lr01.shape)} and {tuple(sr01.shape)}")
     device = next(head.parameters()).device
     lr = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None].to(device)
-    sr = torch.from_numpy(np.ascontiguousarray(sr01, dtype=np.float32))[None].to(device)
+    sr = torch.from_numpy(np.clip(sr01, 0.0, 1.0).astype(np.float32))[None].to(device)
     with torch.inference_mode():
         return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
+
+
+def head_beside(weights: PathLike) -> Optional[Path]:
+    """The error head shipped beside a student's weights (`NAME.safetensors` -> `NAME.error.safetensors`), if any."""
+    weights = Path(weights)
+    path = weights.with_name(weights.name.removesuffix(".safetensors") + HEAD_SUFFIX)
+    return path if path.is_file() else None
 
 
 def save_head(head: ErrorHead, path: PathLike, student_sha256: str, meta: Optional[dict[str, str]] = None) -> None:
