@@ -114,9 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "either way")
     cluster = run.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int,
-                         help="run the inputs as tasks on a local Dask cluster of this many worker processes")
-    cluster.add_argument("--scheduler", help="run the inputs on an existing Dask cluster at this address, e.g. "
+                         help="run on a local Dask cluster of this many worker processes: one task per input "
+                              "with --out-dir, or one input split into windows of tile rows")
+    cluster.add_argument("--scheduler", help="run on an existing Dask cluster at this address, e.g. "
                                              "tcp://10.0.0.5:8786 (its workers must see the paths)")
+    run.add_argument("--windows", type=int,
+                     help="with --workers or --scheduler and one input: how many windows to split it into "
+                          "(default: a few per worker)")
 
     check = commands.add_parser("check", parents=[verbose],
                                 help="consistency of a super-resolved raster with its input (any tool's output)",
@@ -160,8 +164,6 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
         return [RunRequest(input=p, output=o, **common) for p, o in zip(args.paths, outputs)]
     if len(args.paths) != 2:
         raise BadInput("give IN OUT, or several inputs with --out-dir DIR")
-    if args.workers or args.scheduler:
-        raise BadInput("--workers and --scheduler run several inputs: give them with --out-dir DIR")
     return [RunRequest(input=args.paths[0], output=args.paths[1], **common)]
 
 
@@ -178,8 +180,9 @@ class _Progress:
     """A tqdm bar on a terminal, otherwise a line every 10 %. It counts tile passes: a multi-tile run of a
     GroupNorm model first passes a sample of its tiles for the window's shared statistics."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, unit: str = "tile pass"):
         self.label = label
+        self.unit = unit
         self.bar = None
         self.last_decile = -1
 
@@ -188,13 +191,14 @@ class _Progress:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=self.label, unit="tile pass", file=sys.stderr)
+                self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr)
             self.bar.update(done - self.bar.n)
             return
         decile = done * 10 // total
         if decile != self.last_decile:
             self.last_decile = decile
-            print(f"{self.label}: {done}/{total} tile passes", file=sys.stderr, flush=True)
+            print(f"{self.label}: {done}/{total} {self.unit}{'es' if self.unit.endswith('s') else 's'}",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -228,15 +232,20 @@ def _run(args: argparse.Namespace, signals: Signals) -> int:
 
 
 def _run_on_cluster(args: argparse.Namespace, requests: list[RunRequest], signals: Signals) -> int:
-    from .cluster import connect, run_on_cluster
+    from .cluster import connect, run_on_cluster, run_windows_on_cluster
 
     client = connect(args.workers, args.scheduler)
     where = f"{args.workers} local worker(s)" if args.workers else f"the cluster at {args.scheduler}"
-    print(f"{len(requests)} scene(s) on {where}", file=sys.stderr, flush=True)
-    progress = _Progress("scenes")
+    windowed = not args.out_dir
+    print(f"{requests[0].input} in windows on {where}" if windowed else f"{len(requests)} scene(s) on {where}",
+          file=sys.stderr, flush=True)
+    progress = _Progress(Path(requests[0].input).name) if windowed else _Progress("scenes", "scene")
     signals.in_run = True
     try:
-        results = run_on_cluster(client, requests, progress, signals.should_cancel)
+        if windowed:
+            results = [run_windows_on_cluster(client, requests[0], args.windows, progress, signals.should_cancel)]
+        else:
+            results = run_on_cluster(client, requests, progress, signals.should_cancel)
     finally:
         signals.in_run = False
         progress.close()

@@ -82,9 +82,18 @@ def test_many_scenes_on_a_local_two_worker_cluster_equal_serial_runs(tmp_path, w
         assert np.abs(expected.astype(np.int32) - actual.astype(np.int32)).max() <= 1
 
 
-def test_workers_need_an_output_folder(scene, tmp_path):
-    ran = slimdiffsr("run", scene, str(tmp_path / "o.tif"), "--workers", "2")
-    assert ran.returncode == 2 and "--out-dir" in ran.stderr
+def test_one_scene_in_windows_on_a_local_two_worker_cluster_equals_a_serial_run(tmp_path, weights):
+    scene = write_raster(str(tmp_path / "big.tif"), (smooth_image(4, 150, 130, seed=5) * 9000).astype(np.uint16))
+    common = ["--weights", weights, "--tile", "32", "--overlap", "8"]
+    windowed, serial = str(tmp_path / "windowed.tif"), str(tmp_path / "serial.tif")
+    ran = slimdiffsr("run", scene, windowed, "--workers", "2", "--windows", "3", *common)
+    assert ran.returncode == 0, ran.stderr
+    assert slimdiffsr("run", scene, serial, *common).returncode == 0
+    expected, actual = read_raster(serial)[0], read_raster(windowed)[0]
+    assert actual.shape == expected.shape == (4, 600, 520)
+    # Workers run torch with another thread count than a serial run: allow 1 DN of rounding.
+    assert np.abs(expected.astype(np.int32) - actual.astype(np.int32)).max() <= 1
+    assert sorted(os.listdir(tmp_path)) == ["big.tif", "serial.tif", "windowed.tif"]
 
 
 @pytest.mark.parametrize("source, stem", [
