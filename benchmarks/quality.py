@@ -163,7 +163,7 @@ def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeMod
 def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, baselines: Sequence[str]) -> str:
     """The student's PSNR-Y lead over each baseline, per LR kind and sensor, to 3 decimals.
 
-    The issue's acceptance is stated as these differences; at the main table's
+    Acceptance bars are stated as these differences; at the main table's
     2 decimals a 0.003 dB deficit reads as a tie, so they are printed here, by
     the script, rather than worked out by hand from rounded figures. They are
     rounded down, never to nearest: a lead of +0.4995 against a bar of +0.5

@@ -1,4 +1,4 @@
-"""Issue-6 benchmark helpers: reference CNN size and weights round trip, GDAL resampling, the quality table."""
+"""Quality benchmark helpers: reference CNN size and weights round trip, GDAL resampling, the quality table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from training.metrics import NiqeModel
 torch.set_num_threads(1)
 
 
-def test_reference_cnn_has_the_issue_size_and_upscales_by_its_scale():
+def test_reference_cnn_has_its_stated_size_and_upscales_by_its_scale():
     model = ReferenceCNN(4)
     assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 0.9e6
     assert model(torch.rand(1, 3, 12, 10)).shape == (1, 3, 48, 40)
