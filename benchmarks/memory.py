@@ -23,9 +23,9 @@ The default costs about 270 model passes over 256² tiles (26 at 2000², 80 at 8
 160 for the 4-band 8000²): about 7 minutes at the student's 1.6 s per pass on an
 idle CPU, several times that on a shared one.
 
-    .venv/bin/python benchmarks/memory.py                          # 2000² vs 8000², 2 tile rows each
-    .venv/bin/python benchmarks/memory.py --rows 0                 # whole runs: hours on a CPU
-    .venv/bin/python benchmarks/memory.py --sizes 200 --rows 1     # a sanity check of the script, about a minute
+    .venv/bin/python -m benchmarks.memory                          # 2000² vs 8000², 2 tile rows each
+    .venv/bin/python -m benchmarks.memory --rows 0                 # whole runs: hours on a CPU
+    .venv/bin/python -m benchmarks.memory --sizes 200 --rows 1     # a sanity check of the script, about a minute
 """
 
 from __future__ import annotations
@@ -40,36 +40,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal, osr
 
 from backend.resources import default_weights_path
+from benchmarks.rasters import textured_raster
 
-gdal.UseExceptions()
 ACCEPTANCE_MIB = 150
-# Input kinds: (bands, GDAL type, numpy type, top of the value range).
-KINDS = {"rgb": (3, gdal.GDT_Byte, np.uint8, 255), "4band": (4, gdal.GDT_UInt16, np.uint16, 10000)}
+CHECKOUT = Path(__file__).resolve().parent.parent  # where `-m benchmarks.memory` finds its package
+# Input kinds: (bands, numpy type).
+KINDS = {"rgb": (3, np.dtype(np.uint8)), "4band": (4, np.dtype(np.uint16))}
 
 
 def make_input(path: Path, side: int, kind: str) -> None:
-    """A textured GeoTIFF of `kind`, written in strips so making it needs little memory."""
-    if path.exists():
-        return
-    bands, gdal_type, dtype, top = KINDS[kind]
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), side, side, bands, gdal_type,
-                                                   options=["TILED=YES", "COMPRESS=DEFLATE"])
-    dataset.SetGeoTransform((500000, 10, 0, 5000000, 0, -10))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    dataset.SetProjection(srs.ExportToWkt())
-    rng = np.random.default_rng(0)
-    for top_row in range(0, side, 512):
-        rows = min(512, side - top_row)
-        y, x = np.mgrid[top_row:top_row + rows, 0:side]
-        for band in range(bands):
-            plane = 0.5 + 0.25 * np.sin(x / (7 + band)) * np.cos(y / 11) + rng.normal(0, 0.08, (rows, side))
-            values = np.clip(plane, 0, 1) * top
-            dataset.GetRasterBand(band + 1).WriteArray(values.astype(dtype), 0, top_row)
-    dataset = None
+    """The textured GeoTIFF of `kind` at `path`, unless an earlier run left it there."""
+    if not path.exists():
+        textured_raster(path, side, *KINDS[kind])
 
 
 def current_rss_mib() -> float:
@@ -144,8 +128,8 @@ def main() -> None:
         source = workdir / f"input_{side}_{kind}.tif"
         make_input(source, side, kind)
         output = workdir / f"output_{side}_{kind}_x4.tif"
-        run = subprocess.run([sys.executable, __file__, "--child", str(source), str(output), weights,
-                              str(args.rows)], capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", str(source), str(output), weights,
+                              str(args.rows)], capture_output=True, text=True, cwd=CHECKOUT)
         if run.returncode != 0:
             sys.exit(f"the {side}² {kind} run failed:\n{run.stderr[-3000:]}")
         report = json.loads(run.stdout.strip().splitlines()[-1])

@@ -22,36 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from osgeo import gdal, osr
 
 from backend.cli import main as cli_main
 from backend.engine import run_tile
 from backend.models import load
 from backend.raster import Window
 from backend.resources import default_weights_path
+from benchmarks.rasters import textured_raster
 from slimdiffsr_qgis.contract import RunRequest
 
-gdal.UseExceptions()
 SCALE = 4
 REPEATS = 3
-
-
-def make_input(path: Path, side: int) -> None:
-    """A textured uint16 3-band GeoTIFF (Sentinel-2-like values), written in strips to need little memory."""
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), side, side, 3, gdal.GDT_UInt16,
-                                                   options=["TILED=YES", "COMPRESS=DEFLATE"])
-    dataset.SetGeoTransform((500000, 10, 0, 5000000, 0, -10))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    dataset.SetProjection(srs.ExportToWkt())
-    rng = np.random.default_rng(0)
-    for top in range(0, side, 512):
-        rows = min(512, side - top)
-        y, x = np.mgrid[top:top + rows, 0:side].astype(np.float32)
-        for band in range(3):
-            plane = 3000 + 1500 * np.sin(x / (17 + band * 5)) * np.cos(y / 23) + rng.normal(0, 300, (rows, side))
-            dataset.GetRasterBand(band + 1).WriteArray(np.clip(plane, 0, 10000).astype(np.uint16), 0, top)
-    dataset = None
 
 
 def model_only_seconds(weights: str, side: int) -> tuple[float, int]:
@@ -90,7 +71,7 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         source = work / f"input_{args.size}.tif"
         if not source.exists():
-            make_input(source, args.size)
+            textured_raster(source, args.size, 3, np.dtype(np.uint16))
         model_seconds, tile = model_only_seconds(args.weights, args.size)
         print(f"model only: {model_seconds:.1f} s for {output_megapixels:.1f} output MP "
               f"({output_megapixels / model_seconds:.3f} MP/s; tiles of {tile}; {args.threads} thread(s))", flush=True)
