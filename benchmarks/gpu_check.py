@@ -6,7 +6,7 @@ runs it in ONE call. That machine has python3 with torch+CUDA, numpy and safeten
 network, so GDAL travels as a wheel and the checkout is run in place (`pip install -e .` would fetch
 numpy<2 and fail there). docs/performance.md, "GPU check", has the whole command line; its last part is
 
-    PYTHONUNBUFFERED=1 timeout 295 python3 -m benchmarks.gpu_check --device cuda --out $OUT/gpu_check.md
+    PYTHONUNBUFFERED=1 timeout 290 python3 -m benchmarks.gpu_check --device cuda --out $OUT/gpu_check.md
 
 Without a GPU (the test suite runs this so the script keeps working) every part runs at tiny sizes and the
 CUDA-against-CPU rows say "no CUDA device":
@@ -14,6 +14,7 @@ CUDA-against-CPU rows say "no CUDA device":
     .venv/bin/python -m benchmarks.gpu_check --device cpu --size 64
 
 Rows, in the order they run (cheap and most wanted first, torch.compile's slow warm-up last):
+- environment: the device, and the versions of torch, CUDA, GDAL, numpy and Python.
 - CUDA vs CPU: the shipped x4 weights on the shipped Sentinel-2 sample (normalised as the weights record),
   on CUDA in fp32, fp16 and bf16 autocast against the CPU in fp32: max and mean absolute difference of the
   output clamped to [0, 1], in 1/255 units.
@@ -184,8 +185,16 @@ class Check:
         per_tile = statistics.median(call() for _ in range(self.sizes.repeats)) / batch
         return per_tile * (self.size / tile) ** 2
 
+    def environment(self) -> tuple[str, str]:
+        from osgeo import gdal
+
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        return (f"{device}; torch {torch.__version__}, CUDA {torch.version.cuda}",
+                f"GDAL {gdal.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}")
+
     def cases(self) -> list[Case]:
-        rows = [Case("CUDA vs CPU", dtype, functools.partial(self.cuda_vs_cpu, dtype)) for dtype in DTYPES]
+        rows = [Case("environment", self.device.type, self.environment)]
+        rows += [Case("CUDA vs CPU", dtype, functools.partial(self.cuda_vs_cpu, dtype)) for dtype in DTYPES]
         rows += [Case("speed", preset, functools.partial(self.speed, preset, False)) for preset in PRESETS]
         rows.append(Case("whole raster", f"{self.size}² -> {self.size * SCALE}²", self.whole_raster))
         rows += [Case("speed, torch.compile", preset, functools.partial(self.speed, preset, True))

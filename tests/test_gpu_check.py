@@ -27,4 +27,5 @@ def test_the_gpu_check_runs_every_row_on_a_cpu_and_writes_the_table_it_prints(tm
         assert result.endswith("s per 128²") and "0.037 s per 512² on an RTX 3090" in note
     result, note = cells["whole raster", "64² -> 256²"]
     assert "output MP/s" in result and "% of model-only" in note
-    assert len(rows) == 8 and not any("failed" in result or "skipped" in result for result, _ in cells.values())
+    assert cells["environment", "cpu"][0].startswith("CPU; torch ")
+    assert len(rows) == 9 and not any("failed" in result or "skipped" in result for result, _ in cells.values())
