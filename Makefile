@@ -50,7 +50,7 @@ train-tiny: $(STAMP)
 	cat runs/tiny_cpu/evaluation/evaluation.md
 
 # Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
-.PHONY: bench-params bench-speed bench-seam bench-memory
+.PHONY: bench-params bench-speed bench-seam bench-memory bench-throughput real-pairs band-passes
 WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors
 bench-params: $(STAMP)
 	$(PY) -m benchmarks.params
@@ -62,7 +62,17 @@ bench-seam: $(STAMP)
 	$(PY) -m benchmarks.seam $(WEIGHTS) --tile 256 --overlap 32
 
 bench-memory: $(STAMP)
-	$(PY) benchmarks/memory.py
+	$(PY) -m benchmarks.memory
+
+bench-throughput: $(STAMP)
+	$(PY) -m benchmarks.throughput --size 2048
+
+# Generalisation: real x2 pairs and the 4-band Sentinel-2 run, each with and without back-projection.
+real-pairs: data
+	$(PY) -m benchmarks.real_pairs --weights $(WEIGHTS) --role test --threads 1 --consistency --card resources/weights/README.md
+
+band-passes: data
+	$(PY) -m benchmarks.band_passes --weights $(WEIGHTS) --role test --threads 1 --consistency --card resources/weights/README.md
 
 # The plugin in the real QGIS desktop under Xvfb, installed from its zip into a fresh profile: the dock and
 # Processing on the sample, screenshots docs/dock.png and docs/processing.png (needs Debian's qgis and xvfb).
