@@ -1,14 +1,15 @@
 """Trains the error head (backend/models/error_head.py) for a frozen student and writes it as safetensors.
 
     python -m training.train_error_head --student resources/weights/slimdiffsr_x4.safetensors \
-        --out resources/weights/slimdiffsr_x4.error.safetensors [--exclude-sensors neon] [--minutes 6]
+        --out resources/weights/slimdiffsr_x4.error.safetensors --steps 3733 --minutes 30 [--exclude-sensors neon]
 
 The student is frozen, so its outputs are computed once: (LR, SR, HR) crops of
 the manifest's TRAIN blocks, clean and Real-ESRGAN-degraded LR mixed as the
 student was trained, are cached under --cache keyed by the student's sha256 and
 the crop settings. Training then only runs the head, on random LR sub-crops of
 the cached ones, with the Laplace negative log-likelihood; a run on one CPU
-thread takes minutes. `--exclude-sensors` leaves families out of the training
+thread takes minutes. The learning rate follows a cosine over --steps or --minutes, whichever ends first;
+a run that ends by its step count is reproducible. `--exclude-sensors` leaves families out of the training
 crops, for the held-out-family calibration in benchmarks.calibration.
 """
 
