@@ -38,6 +38,8 @@ from .raster import (OutputRaster, SourceRaster, Window, check_output_path, copy
                      remove_stale_partials, set_block_cache)
 from .resources import default_weights_path
 from .stages import Consume, Prefetch
+from .models.error_head import head_beside
+from .uncertainty import error_maps, error_raster, load_error_head, to_output_units
 from .tiling import StreamingBlender, Tile, blend_in_memory, choose_tile, tile_grid
 
 log = logging.getLogger("slimdiffsr")
@@ -111,6 +113,8 @@ class RunResult:
     steps: int
     consistency: dict[str, str]
     """The output's consistency figures as recorded in its metadata (SLIMDIFFSR_CONSISTENCY_*)."""
+    uncertainty: Optional[str]
+    """The uncertainty layer written beside the output, if the request asked for one."""
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -159,7 +163,8 @@ def _autocast(device: torch.device):
 def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.ndarray], device: torch.device,
                 batch: int, should_cancel: Optional[ShouldCancel] = None, progress: Optional[Callable[[int], None]] = None,
                 passes: Sequence[tuple[int, ...]] = RGB_PASS, consistency: bool = False,
-                statistics: Optional[Sequence[Optional[Statistics]]] = None) -> Iterator[tuple[Tile, np.ndarray]]:
+                statistics: Optional[Sequence[Optional[Statistics]]] = None,
+                error_head: Optional[nn.Module] = None) -> Iterator[tuple[Tile, np.ndarray]]:
     """Run `model` over tiles in batches, yielding each tile's HR output [C, h*s, w*s] as float32.
 
     read(tile) gives the tile's model input [C, h, w] in [0, 1]; it runs in a reader thread a few
@@ -170,7 +175,9 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
     `statistics` holds each pass's shared GroupNorm statistics (`pass_statistics`); None lets every
     tile normalise by its own content. progress(n) is called after each tile pass (a batch's last pass
     counts once the caller has taken its tiles). Cancellation is checked before every pass of every
-    batch. With `consistency`, each tile's output is back-projected toward its input.
+    batch. With `consistency`, each tile's output is back-projected toward its input. With an
+    `error_head`, C more channels follow the output: each band's expected absolute error (model units),
+    the map the head predicts for the band's pass.
     """
     shared = list(statistics) if statistics is not None else [None] * len(passes)
     step = progress or (lambda n: None)
@@ -183,13 +190,17 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
                 _check_cancel(should_cancel)
                 inputs = model_input(lr, channels)
                 output = _forward(model, inputs, device, pass_statistics_).float()
+                lr_tensor = torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device)
                 if consistency:
-                    output = back_project(output, torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device),
-                                          model.scale)
+                    output = back_project(output, lr_tensor, model.scale)
+                errors = None if error_head is None else error_maps(error_head, lr_tensor, output).cpu().numpy()
                 output = output.cpu().numpy()
                 if hr is None:
-                    hr = np.empty((len(chunk), lr.shape[1]) + output.shape[2:], dtype=np.float32)
+                    planes = lr.shape[1] * (1 if error_head is None else 2)
+                    hr = np.empty((len(chunk), planes) + output.shape[2:], dtype=np.float32)
                 hr[:, list(channels)] = output if len(channels) == 3 else output.mean(axis=1, keepdims=True)
+                if errors is not None:
+                    hr[:, [lr.shape[1] + channel for channel in channels]] = errors
                 if index < len(passes) - 1:
                     step(len(chunk))
             for tile, output in zip(chunk, hr):
@@ -350,6 +361,7 @@ class Engine:
         self.compile_model = compile_model
         self._models: dict[tuple, LoadedModel] = {}
         self._devices: dict[str, torch.device] = {}
+        self._heads: dict[tuple, nn.Module] = {}
 
     def device(self, name: str) -> torch.device:
         """The resolved torch device for a request's device name (decided once per name)."""
@@ -418,6 +430,8 @@ class Engine:
             with SourceRaster(request.input, request.bands) as opened:
                 return self.plan(request, opened, model)
         check_output_path(request.output, request.input, request.overwrite)
+        if request.uncertainty:
+            check_output_path(request.uncertainty, request.input, request.overwrite)
         if request.normalisation:
             parse_spec(request.normalisation)
         passes = plan_passes(source.band_numbers, source.colours, request.rgb)
@@ -425,13 +439,17 @@ class Engine:
         dtype = np.dtype(np.float32 if request.output_dtype == "float32" else source.dtype)
         width, height = window.width * request.scale, window.height * request.scale
         bands = len(source.band_numbers)
-        output_bytes = width * height * (bands * dtype.itemsize + (1 if source.needs_mask(dtype) else 0))
+        output_bytes = width * height * (bands * dtype.itemsize + (1 if source.needs_mask(dtype) else 0)
+                                         + (bands * 4 if request.uncertainty else 0))
         folder = Path(request.output).resolve().parent
         free = shutil.disk_usage(folder).free
         if output_bytes > free:
             raise BadInput(f"the output ({width} x {height} px) needs up to {human_size(output_bytes)} but only "
                            f"{human_size(free)} is free in {folder}; free some space or choose another folder")
-        module = self._model_for(request, model).module
+        loaded = self._model_for(request, model)
+        module = loaded.module
+        if request.uncertainty:
+            self.error_head(request, loaded)
         tile = run_tile(request, module, self.device(request.device), window)
         tiles = len(tile_grid(window.width, window.height, tile, request.overlap))
         sample = statistics_sample(window.width, window.height, tile, tiles, has_group_norm(module))
@@ -478,15 +496,26 @@ class Engine:
             prepared = self.prepare(request, progress, should_cancel, model, source)
             loaded = self._model_for(request, model)
             plan = prepared.plan
-            with self._output(request, source, prepared, loaded, request.output) as output:
-                self._write_rows(request, source, prepared, loaded, output, 0, None, progress, should_cancel)
+            head = self.error_head(request, loaded) if request.uncertainty else None
+            with self._output(request, source, prepared, loaded, request.output) as output, \
+                    self._error_output(request, source, prepared, loaded) as errors:
+                self._write_rows(request, source, prepared, loaded, output, 0, None, progress, should_cancel,
+                                 errors=errors, error_head=head)
                 figures = _consistency_metadata(source, plan.window, request.scale, output)
                 output.add_metadata(figures)
-                output.commit(request.overwrite)
+                if errors is not None:
+                    errors.commit(request.overwrite)
+                try:
+                    output.commit(request.overwrite)
+                except BaseException:
+                    if request.uncertainty:
+                        remove_file(request.uncertainty)
+                    raise
         seconds = time.perf_counter() - started
         log.debug("wrote %s in %.1f s", request.output, seconds)
         return RunResult(request.output, seconds, plan.width, plan.height, plan.bands,
-                         str(self.device(request.device)), loaded.name, plan.tiles, plan.passes, plan.steps, figures)
+                         str(self.device(request.device)), loaded.name, plan.tiles, plan.passes, plan.steps, figures,
+                         request.uncertainty)
 
     def run_window(self, request: RunRequest, prepared: Prepared, first_row: int, stop_row: int, part: str,
                    progress: Optional[Callable[[int], None]] = None,
@@ -498,6 +527,9 @@ class Engine:
         is the sum a whole run makes, in its order (`StreamingBlender.window_rows`). progress(n)
         follows each tile pass. A failure or cancel leaves no part file.
         """
+        if request.uncertainty:
+            raise BadInput("an uncertainty layer is not written by windows on a cluster yet; run this scene on "
+                           "one machine for it, or without --uncertainty")
         loaded = self.load_model(request)
         with SourceRaster(request.input, request.bands) as source:
             blender = _blender(request, prepared)
@@ -527,7 +559,23 @@ class Engine:
             remove_file(path)
         return RunResult(request.output, seconds + time.perf_counter() - started, plan.width, plan.height,
                          plan.bands, str(self.device(request.device)), loaded.name, plan.tiles, plan.passes,
-                         plan.steps, figures)
+                         plan.steps, figures, None)
+
+    def error_head(self, request: RunRequest, loaded: LoadedModel) -> nn.Module:
+        """The error head beside the request's weights (loaded once, checked against the run's output)."""
+        key = (loaded.weights, loaded.sha256, request.consistency, request.device)
+        if key not in self._heads:
+            self._heads[key] = load_error_head(request, loaded.weights, loaded.sha256, self.device(request.device))
+        return self._heads[key]
+
+    def _error_output(self, request: RunRequest, source: SourceRaster, prepared: Prepared,
+                      loaded: LoadedModel) -> contextlib.AbstractContextManager[Optional[OutputRaster]]:
+        """The uncertainty GeoTIFF the request asks for, or a context holding None."""
+        if not request.uncertainty:
+            return contextlib.nullcontext(None)
+        plan = prepared.plan
+        return error_raster(request.uncertainty, request, source, plan.window, plan.width, plan.height,
+                            head_beside(loaded.weights).name)
 
     def _output(self, request: RunRequest, source: SourceRaster, prepared: Prepared, loaded: LoadedModel,
                 path: str, height: Optional[int] = None) -> OutputRaster:
@@ -555,13 +603,14 @@ class Engine:
     def _write_rows(self, request: RunRequest, source: SourceRaster, prepared: Prepared, loaded: LoadedModel,
                     output: OutputRaster, top: int, rows: Optional[tuple[int, int]],
                     progress: Optional[Progress | Callable[[int], None]], should_cancel: Optional[ShouldCancel],
-                    stop_at: Optional[int] = None) -> None:
+                    stop_at: Optional[int] = None, errors: Optional[OutputRaster] = None,
+                    error_head: Optional[nn.Module] = None) -> None:
         """Run the tiles of tile rows `rows` (all when None) and write the output rows top..stop_at-1 they
         finish to `output`, shifted up by `top`. Reading, the model, and blending with writing run
         in three threads (`backend.stages`)."""
         plan, window, scale = prepared.plan, prepared.plan.window, request.scale
         device = self.device(request.device)
-        blender = _blender(request, prepared)
+        blender = _blender(request, prepared, error_head is not None)
         tiles = blender.tiles if rows is None else [t for t in blender.tiles if rows[0] <= t.row < rows[1]]
         out_dtype = np.dtype(plan.dtype)
         nodata = [band.nodata for band in source.output_bands(out_dtype)]
@@ -589,8 +638,14 @@ class Engine:
                     x0, y0 = block.x // scale - tile.x, block.y // scale - tile.y
                     valid = valid_lr[:, y0:y0 + h // scale, x0:x0 + w // scale]
                     valid = valid.repeat(scale, axis=1).repeat(scale, axis=2)
-                restored = _avoid_nodata(prepared.normalisation.invert(block.values, out_dtype), valid, nodata)
+                values = block.values[:plan.bands]
+                restored = _avoid_nodata(prepared.normalisation.invert(values, out_dtype), valid, nodata)
                 output.write(block.x, block.y - top, restored, valid)
+                if errors is not None:
+                    expected = to_output_units(block.values[plan.bands:], prepared.normalisation)
+                    if valid is not None:
+                        expected[~valid] = np.nan
+                    errors.write(block.x, block.y - top, expected)
             if tile.column == blender.columns - 1:
                 release_free_memory()
 
@@ -598,7 +653,7 @@ class Engine:
         writer: Consume[tuple[Tile, np.ndarray]] = Consume(write)
         try:
             for item in infer_tiles(loaded.module, tiles, read_tile, device, _batch(device), should_cancel, steps,
-                                    channel_passes, request.consistency, prepared.statistics):
+                                    channel_passes, request.consistency, prepared.statistics, error_head):
                 writer.put(item)
             writer.finish()
         finally:
@@ -624,10 +679,11 @@ def _batch(device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
-def _blender(request: RunRequest, prepared: Prepared) -> StreamingBlender:
+def _blender(request: RunRequest, prepared: Prepared, with_errors: bool = False) -> StreamingBlender:
+    """The run's blender: the output's bands, followed by their expected errors when an error head runs."""
     window, plan = prepared.plan.window, prepared.plan
-    return StreamingBlender(window.width, window.height, prepared.tile, request.overlap, request.scale, plan.bands,
-                            exact=np.dtype(plan.dtype).kind == "f")
+    return StreamingBlender(window.width, window.height, prepared.tile, request.overlap, request.scale,
+                            plan.bands * (2 if with_errors else 1), exact=np.dtype(plan.dtype).kind == "f")
 
 
 def _tile_reader(source: SourceRaster, window: Window, normalisation: Normalisation,

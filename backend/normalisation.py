@@ -47,6 +47,10 @@ class Normalisation:
             restored = np.clip(np.rint(restored), info.min, info.max)
         return restored.astype(dtype)
 
+    def spans(self, channels: int) -> tuple[float, ...]:
+        """hi - lo per channel (1 where hi <= lo): what one model unit is in raster units."""
+        return tuple(float(v) for v in self._arrays(channels)[1].ravel())
+
     def describe(self) -> str:
         """One line for output metadata and logs."""
         lo = ",".join(f"{v:g}" for v in self.lo)

@@ -137,13 +137,16 @@ def add_tile(entry: Pooled, predicted_b: np.ndarray, abs_error: np.ndarray, base
     entry.actual_pixels.append(pixel_error.ravel())
 
 
-def student_outputs(student_path: Path, manifest: Path, role: str, tile: int, cache: Path) -> list[dict]:
-    """Per evaluation tile: sensor, scene, HR and, per LR kind, the LR and the student's SR (cached)."""
-    path = cache / f"eval_{file_sha256(str(student_path))[:12]}_{role}_t{tile}.pt"
+def student_outputs(student_path: Path, manifest: Path, role: str, tile: int, cache: Path,
+                    consistency: bool = False) -> list[dict]:
+    """Per evaluation tile: sensor, scene, HR and, per LR kind, the LR and the student's SR (cached); with
+    `consistency`, the SR back-projected to the LR as the engine's default writes it."""
+    suffix = "_consistent" if consistency else ""
+    path = cache / f"eval_{file_sha256(str(student_path))[:12]}_{role}_t{tile}{suffix}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     student = load(student_path)
-    upsample = model_upsampler(student)
+    upsample = model_upsampler(student, consistency)
     tiles = []
     for index, item in enumerate(evaluation_tiles(scenes_from_manifest(manifest), role=role, tile=tile)):
         entry = {"sensor": item.sensor, "scene": item.scene, "hr": torch.from_numpy(item.hr)}
@@ -218,17 +221,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tile", type=int, default=192, help="HR evaluation tile side")
     parser.add_argument("--cache", type=Path, default=Path("runs/error_head"), help="folder of cached SR outputs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--consistency", action="store_true",
+                        help="score the output back-projected to the LR, as the engine writes it by default")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     head = load_head(args.head, file_sha256(str(args.student)))
-    tiles = student_outputs(args.student, args.data, args.role, args.tile, args.cache)
+    tiles = student_outputs(args.student, args.data, args.role, args.tile, args.cache, args.consistency)
     pooled = score(tiles, head, args.sensors)
     if not pooled:
         raise SystemExit(f"no {args.role} tile of the sensor families {args.sensors}")
     trained_on = head.meta.get("trained_on", "?")
     table = format_table(pooled, f"Error head {args.head.name} (trained on {trained_on}) on the {args.role} blocks, "
-                                 f"{args.tile} px tiles; b = predicted expected |error| per pixel.")
+                                 f"{args.tile} px tiles{', output back-projected to the LR' if args.consistency else ''}; "
+                                 f"b = predicted expected |error| per pixel.")
     table += f"\nCommand: python -m benchmarks.calibration {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     print(table)
     if args.out:

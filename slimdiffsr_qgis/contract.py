@@ -91,6 +91,9 @@ class RunRequest:
     tile, overlap: LR pixels.
     consistency: make the output, reduced to the input grid, reproduce the input
         (back-projection per tile); the figures are measured and recorded either way.
+    uncertainty: a GeoTIFF path for the expected absolute error of every output
+        pixel (float32, one band per output band, in the output's units), from the
+        error head shipped beside the weights; None writes none.
     """
 
     input: str
@@ -109,6 +112,7 @@ class RunRequest:
     output_dtype: str = "same"
     overwrite: bool = False
     consistency: bool = DEFAULT_CONSISTENCY
+    uncertainty: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.input = _path("input", self.input)
@@ -139,6 +143,9 @@ class RunRequest:
         if not 0 <= self.overlap < self.tile // 2:
             raise BadInput(f"overlap {self.overlap} must be >= 0 and less than half the tile size ({self.tile})")
         self.normalisation = _optional_text("normalisation", self.normalisation)
+        self.uncertainty = _optional_text("uncertainty", self.uncertainty)
+        if self.uncertainty is not None and os.path.abspath(self.uncertainty) == os.path.abspath(self.output):
+            raise BadInput(f"the uncertainty layer {self.uncertainty} and the output must be different files")
         self.output_dtype = _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
         for name in ("overwrite", "consistency"):
             if not isinstance(getattr(self, name), bool):

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from backend.models import load, read_metadata
-from backend.models.error_head import ErrorHead, ErrorHeadConfig, laplace_nll, save_head
+from backend.consistency import back_project
+from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, laplace_nll, output_kind, save_head
 from backend.models.weights import file_sha256
 from training.data import CropDataset, scenes_from_manifest
 
@@ -39,8 +40,9 @@ DEGRADED_FRACTION = 0.5
 
 
 def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, degraded_fraction: float,
-               seed: int, batch: int = 8) -> dict:
-    """{"lr", "sr", "hr" (float16 tensors), "sensor" (list), "degraded" (bool tensor)} of `count` train crops."""
+               seed: int, batch: int = 8, consistency: bool = False) -> dict:
+    """{"lr", "sr", "hr" (float16 tensors), "sensor" (list), "degraded" (bool tensor)} of `count` train crops;
+    with `consistency` the SR is back-projected to the LR, as the engine writes it by default."""
     scenes = scenes_from_manifest(manifest)
     dataset = CropDataset(scenes, crop=crop, scale=student.scale, role="train", length=count, seed=seed,
                           degraded_fraction=degraded_fraction)
@@ -49,7 +51,8 @@ def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, 
         items = [dataset[i] for i in range(start, min(count, start + batch))]
         lr = torch.stack([item["lr"] for item in items])
         with torch.inference_mode():
-            sr = student(lr).clamp(0, 1)
+            sr = student(lr)
+            sr = (back_project(sr, lr, student.scale) if consistency else sr).clamp(0, 1)
         lrs.append(lr.half())
         srs.append(sr.half())
         hrs.append(torch.stack([item["hr"] for item in items]).half())
@@ -60,15 +63,16 @@ def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, 
 
 
 def cached_crops(student_path: Path, manifest: Path, cache: Path, count: int, crop: int,
-                 degraded_fraction: float, seed: int) -> dict:
+                 degraded_fraction: float, seed: int, consistency: bool = False) -> dict:
     """The precomputed crops for this student and settings, computed and saved on first use."""
     sha = file_sha256(str(student_path))
-    path = cache / f"crops_{sha[:12]}_n{count}_c{crop}_d{degraded_fraction:g}_s{seed}.pt"
+    suffix = "_consistent" if consistency else ""
+    path = cache / f"crops_{sha[:12]}_n{count}_c{crop}_d{degraded_fraction:g}_s{seed}{suffix}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     student = load(student_path)
     start = time.monotonic()
-    crops = precompute(student, manifest, count, crop, degraded_fraction, seed)
+    crops = precompute(student, manifest, count, crop, degraded_fraction, seed, consistency=consistency)
     print(f"precomputed {count} crops in {time.monotonic() - start:.0f} s -> {path}", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(crops, path)
@@ -142,18 +146,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="one dilation per 3x3 conv of the head")
     parser.add_argument("--cache", type=Path, default=Path("runs/error_head"), help="folder of precomputed crops")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--consistency", action="store_true",
+                        help="learn the error of the output back-projected to the LR (the engine's default output)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     student_scale = read_metadata(args.student)["config"]["scale"]
-    crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed)
+    crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed,
+                         args.consistency)
     crops = keep_sensors(crops, args.exclude_sensors)
     config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
     head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed)
     families = sorted(set(crops["sensor"]))
     meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
-            "student": args.student.name,
+            "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency),
             "command": "python -m training.train_error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_head(head, args.out, file_sha256(str(args.student)), meta)

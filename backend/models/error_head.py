@@ -44,6 +44,8 @@ INITIAL_B = 0.02
 BICUBIC_RADIUS = 2
 """Bicubic upsampling reads 2 LR pixels on each side of an HR pixel's position."""
 HEAD_SUFFIX = ".error.safetensors"
+OUTPUT_KEY = "output"
+"""Which output a head learnt the error of: the student's raw output, or it back-projected to the LR."""
 PathLike = Union[str, os.PathLike]
 
 
@@ -125,6 +127,16 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
     sr = torch.from_numpy(np.clip(sr01, 0.0, 1.0).astype(np.float32))[None].to(device)
     with torch.inference_mode():
         return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
+
+
+def output_kind(consistency: bool) -> str:
+    """The OUTPUT_KEY value of a head trained on (consistency=True) back-projected or (False) raw outputs."""
+    return "back-projected to the input" if consistency else "raw"
+
+
+def head_output(head: "ErrorHead") -> str:
+    """The output a loaded head learnt the error of (heads from before the key learnt the raw output)."""
+    return (getattr(head, "meta", None) or {}).get(OUTPUT_KEY, output_kind(False))
 
 
 def head_beside(weights: PathLike) -> Optional[Path]:

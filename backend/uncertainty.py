@@ -1,0 +1,71 @@
+"""The uncertainty layer of a run: the expected absolute error of every output pixel, in the output's units.
+
+The error head (`backend.models.error_head`) beside the student's weights predicts, per HR pixel of each
+band pass, the scale b of a Laplace distribution of the error in the model's [0, 1] units; b is the
+expected absolute error (docs/trust.md gives its calibration). The engine runs it on every tile right after
+the student, blends its maps with the same weights as the output, and this module turns them into the
+output's units (b times each band's normalisation span) and writes them as a float32 GeoTIFF on exactly the
+output's grid, NaN where the output is nodata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimdiffsr_qgis.contract import BadInput, RunRequest
+
+from .models.error_head import ErrorHead, head_beside, head_output, load_head, output_kind
+from .normalisation import Normalisation
+from .raster import OutputBand, OutputRaster, SourceRaster, Window
+
+DESCRIPTION = ("Expected absolute error of each output pixel, in the output's units: the scale b of a Laplace "
+               "distribution of its error, predicted by the error head (median absolute error = b ln 2)")
+
+
+def load_error_head(request: RunRequest, weights: Optional[str], sha256: Optional[str],
+                    device: torch.device) -> ErrorHead:
+    """The error head trained for `weights` and for the output this request writes; BadInput saying what to
+    do when there is none or it learnt another output."""
+    if not weights or not sha256:
+        raise BadInput("an uncertainty layer needs student weights with an error head beside them; the "
+                       "classical baseline and models passed in code have none")
+    path = head_beside(weights)
+    if path is None:
+        raise BadInput(f"no error head beside {weights} ({Path(weights).name[:-len('.safetensors')]}"
+                       ".error.safetensors); train one with python -m training.train_error_head --student "
+                       f"{weights} --out ... --consistency, or run without an uncertainty layer")
+    head = load_head(path, sha256, device=str(device))
+    wanted = output_kind(request.consistency)
+    if head_output(head) != wanted:
+        raise BadInput(f"the error head {path.name} learnt the error of the {head_output(head)} output, but this "
+                       f"run writes the {wanted} output; run with consistency "
+                       f"{'off' if request.consistency else 'on'}, or train a head for this output")
+    return head
+
+
+def error_maps(head: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] expected absolute error (model units) of outputs [B, 3, H, W] made from inputs [B, 3, h, w]."""
+    with torch.inference_mode():
+        return torch.exp(head(inputs.float(), outputs.float().clamp(0.0, 1.0)))
+
+
+def to_output_units(errors: np.ndarray, normalisation: Normalisation) -> np.ndarray:
+    """[N, h, w] errors in model units -> the output's units: times each band's normalisation span."""
+    span = np.array(normalisation.spans(errors.shape[0]), dtype=np.float64).reshape(-1, 1, 1)
+    return (errors.astype(np.float64) * span).astype(np.float32)
+
+
+def error_raster(path: str, request: RunRequest, source: SourceRaster, window: Window, width: int, height: int,
+                 head_file: str) -> OutputRaster:
+    """The float32 uncertainty GeoTIFF on the output's grid, one band per output band, NaN as nodata."""
+    bands = [OutputBand(band.colour, f"expected |error| of {band.description or f'band {number}'}", float("nan"))
+             for band, number in zip(source.output_bands(np.dtype(np.float32)), source.band_numbers)]
+    metadata = {"SLIMDIFFSR_UNCERTAINTY": DESCRIPTION, "SLIMDIFFSR_ERROR_HEAD": head_file,
+                "SLIMDIFFSR_UNCERTAINTY_OF": Path(request.output).name}
+    return OutputRaster(path, width, height, np.dtype(np.float32), source.output_geotransform(window, request.scale),
+                        source.wkt, bands, False, metadata)
