@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "with --out-dir, or one input split into windows of tile rows")
     cluster.add_argument("--scheduler", help="run on an existing Dask cluster at this address, e.g. "
                                              "tcp://10.0.0.5:8786 (its workers must see the paths)")
+    run.add_argument("--uncertainty", metavar="PATH",
+                     help="also write the expected absolute error of every output pixel to this GeoTIFF (float32, "
+                          "the output's grid and units), from the error head shipped beside the weights")
     run.add_argument("--windows", type=int,
                      help="with --workers or --scheduler and one input: how many windows to split it into "
                           "(default: a few per worker)")
@@ -156,6 +159,8 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
                   rgb=args.rgb, weights=args.weights, model=args.model, device=args.device, tile=args.tile, overlap=args.overlap,
                   normalisation=args.normalisation, output_dtype="float32" if args.float32 else "same",
                   overwrite=args.overwrite, consistency=args.consistency == "on")
+    if args.uncertainty and (args.out_dir or len(args.paths) != 2):
+        raise BadInput("--uncertainty names one file: give it with one input and one output (IN OUT)")
     if args.out_dir:
         folder = Path(args.out_dir)
         outputs = [str(folder / f"{output_stem(p)}_x{args.scale}.tif") for p in args.paths]
@@ -164,7 +169,7 @@ def _requests(args: argparse.Namespace) -> list[RunRequest]:
         return [RunRequest(input=p, output=o, **common) for p, o in zip(args.paths, outputs)]
     if len(args.paths) != 2:
         raise BadInput("give IN OUT, or several inputs with --out-dir DIR")
-    return [RunRequest(input=args.paths[0], output=args.paths[1], **common)]
+    return [RunRequest(input=args.paths[0], output=args.paths[1], uncertainty=args.uncertainty, **common)]
 
 
 def output_stem(source: str) -> str:
@@ -227,7 +232,8 @@ def _run(args: argparse.Namespace, signals: Signals) -> int:
         finally:
             signals.in_run = False
             progress.close()
-        print(f"wrote {result.output} in {result.seconds:.1f} s on {result.device}", file=sys.stderr)
+        print(f"wrote {result.output}{f' and {result.uncertainty}' if result.uncertainty else ''} in "
+              f"{result.seconds:.1f} s on {result.device}", file=sys.stderr)
     return 0
 
 
@@ -273,7 +279,12 @@ def _info(args: argparse.Namespace) -> int:
         print(describe_output(args.weights))
         return 0
     if args.weights:
+        from .models.error_head import HEAD_SUFFIX, describe_head
         from .models.summary import describe
+
+        if args.weights.endswith(HEAD_SUFFIX):
+            print(describe_head(args.weights))
+            return 0
 
         if not Path(args.weights).is_file():
             raise BadInput(f"weights file {args.weights} does not exist")

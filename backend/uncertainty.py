@@ -42,10 +42,14 @@ def load_error_head(request: RunRequest, weights: Optional[str], sha256: Optiona
     head = load_head(path, sha256, device=str(device))
     wanted = output_kind(request.consistency)
     if head_output(head) != wanted:
-        raise BadInput(f"the error head {path.name} learnt the error of the {head_output(head)} output, but this "
-                       f"run writes the {wanted} output; run with consistency "
-                       f"{'off' if request.consistency else 'on'}, or train a head for this output")
+        raise BadInput(f"the error head {path.name} learnt the error of {_outputs(head_output(head))}, but this run "
+                       f"writes {_outputs(wanted)}; run with consistency {'off' if request.consistency else 'on'}, "
+                       "or train a head for these outputs (python -m training.train_error_head)")
     return head
+
+
+def _outputs(kind: str) -> str:
+    return "raw outputs" if kind == output_kind(False) else f"outputs {kind}"
 
 
 def error_maps(head: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:

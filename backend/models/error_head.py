@@ -184,3 +184,14 @@ def load_head(path: PathLike, student_sha256: Optional[str] = None, device: str 
         raise BadInput(f"{path}: tensors do not match the error head config in its metadata") from exc
     head.meta = {k: v for k, v in metadata.items() if k not in (CONFIG_KEY, FORMAT_KEY)}
     return head.to(device).eval()
+
+
+def describe_head(path: PathLike) -> str:
+    """What an error head file says about itself: its shape, its student, the output it learnt, its record."""
+    head = load_head(path)
+    lines = [f"{path}: error head, {sum(p.numel() for p in head.parameters()):,} parameters",
+             f"config: {json.dumps(head.config.to_dict(), sort_keys=True)}",
+             f"output whose error it learnt: {head_output(head)}"]
+    lines += [f"{key}: {value}" for key, value in sorted(head.meta.items()) if key != OUTPUT_KEY]
+    return "\n".join(lines)
+
