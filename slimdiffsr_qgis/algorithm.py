@@ -23,7 +23,7 @@ from .contract import DEFAULT_CONSISTENCY, DEVICES, SUPPORTED_SCALES, BadInput
 from .job import Job
 from .plan_check import describe_plan
 from .request_builder import LayerNotAFile, build_request, layer_file_path, result_layer_name, result_number
-from .result_layer import band_map, copy_renderer
+from .result_layer import band_map, copy_renderer, style_error_layer
 from .settings import load_settings
 from .shipped_weights import shipped_scales
 
@@ -42,6 +42,7 @@ WEIGHTS: a .safetensors file; empty uses the weights shipped with the plugin. A 
 DEVICE: auto, cpu or cuda (by name).
 CONSISTENCY: keep the output consistent with the input: each tile is back-projected so that the output, reduced to the input's pixel grid, reproduces the input (default: on; it keeps the model's detail from shifting colours or brightness, which measured better on real imagery, but keeps the noise of noisy or compressed inputs). It costs little time. Either way the result reports, and the output's metadata records, how far the reduced output differs from the input.
 TILE_SIZE and OVERLAP are in input pixels; smaller tiles need less memory.
+UNCERTAINTY: optional; a GeoTIFF for the expected absolute error of every output pixel, in the output's units, on the output's grid (one float32 band per output band), predicted by the error head shipped beside the weights; its calibration is in docs/trust.md. Weights without an error head beside them are refused when it is asked for.
 
 The output keeps the input's CRS, data type and band names; its pixel size is the input's divided by the scale. Its fine detail is synthesised by the model, which the output's metadata records. Before running, the output size and the free disk space are checked."""
 
@@ -73,6 +74,22 @@ class ResultStyle(QgsProcessingLayerPostProcessorInterface):
                                         result_number(self.input_name, self.scale, taken)))
 
 
+class ErrorLayerStyle(QgsProcessingLayerPostProcessorInterface):
+    """Runs on the main thread once Processing has loaded the expected-error layer: its pseudocolour look."""
+
+    _pending: set["ErrorLayerStyle"] = set()
+
+    def __init__(self) -> None:
+        super().__init__()
+        ErrorLayerStyle._pending.add(self)
+
+    def postProcessLayer(self, layer: Any, context: QgsProcessingContext,  # noqa: N802 (QGIS hook)
+                         feedback: QgsProcessingFeedback) -> None:
+        ErrorLayerStyle._pending.discard(self)
+        if isinstance(layer, QgsRasterLayer):
+            style_error_layer(layer)
+
+
 class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     """slimdiffsr:superresolve; `client_source` returns the plugin's shared backend client."""
 
@@ -87,6 +104,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     OUTPUT = "OUTPUT"
+    UNCERTAINTY = "UNCERTAINTY"
 
     def __init__(self, client_source: Callable[[], BackendClient]) -> None:
         super().__init__()
@@ -139,6 +157,8 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                                                        QgsProcessingParameterNumber.Integer,
                                                        defaultValue=settings.overlap, minValue=0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Super-resolved raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.UNCERTAINTY, "Expected error layer",
+                                                                  optional=True, createByDefault=False))
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 (QGIS hook)
                              context: QgsProcessingContext) -> tuple[bool, str]:
@@ -176,6 +196,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
                 tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),
                 overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
                 consistency=self.parameterAsBoolean(parameters, self.CONSISTENCY, context),
+                uncertainty=self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context),
                 # QGIS asked the user before replacing a chosen destination.
                 overwrite=True,
             )
@@ -204,4 +225,7 @@ class SuperResolveAlgorithm(QgsProcessingAlgorithm):
             name = self._input_name or layer.name()
             context.layerToLoadOnCompletionDetails(output).setPostProcessor(
                 ResultStyle(self._renderer, bands, name, request.scale))
-        return {self.OUTPUT: output}
+        uncertainty = outcome.result.get("uncertainty")
+        if uncertainty and context.willLoadLayerOnCompletion(uncertainty):
+            context.layerToLoadOnCompletionDetails(uncertainty).setPostProcessor(ErrorLayerStyle())
+        return {self.OUTPUT: output, self.UNCERTAINTY: uncertainty}

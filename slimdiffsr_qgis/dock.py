@@ -24,9 +24,9 @@ from .contract import (DEFAULT_CONSISTENCY, DEVICES, KIND_MISSING_DEPENDENCY, KI
                        RunRequest)
 from .job import Job
 from .plan_check import describe_plan
-from .request_builder import (LayerNotAFile, build_request, default_output_path, layer_file_path, parse_bands,
-                              result_layer_name, result_number)
-from .result_layer import add_result_layer
+from .request_builder import (LayerNotAFile, build_request, default_output_path, error_layer_name, error_layer_path,
+                              layer_file_path, parse_bands, result_layer_name, result_number)
+from .result_layer import add_error_layer, add_result_layer
 from .settings import PluginSettings, load_settings, save_settings
 from .shipped_weights import shipped_scales
 from .task import SuperResolveTask
@@ -65,6 +65,7 @@ class SuperResolveDock(QDockWidget):
         self.client = client
         self.task: Optional[SuperResolveTask] = None
         self.last_layer: Optional[QgsRasterLayer] = None
+        self.last_error_layer: Optional[QgsRasterLayer] = None
         self._open_setup = open_setup
         self._check_backend = check_backend
         self._backend_checked = False
@@ -137,6 +138,13 @@ class SuperResolveDock(QDockWidget):
             "the result reports how far it differs from the input.")
         self.consistency_check.setChecked(DEFAULT_CONSISTENCY)
         form.addRow("", self.consistency_check)
+
+        self.error_layer_check = QCheckBox("Add an expected-error layer", body)
+        self.error_layer_check.setToolTip(
+            "Also write <output>_error.tif and add it under the result: the expected absolute error of every output "
+            "pixel, in the output's units, predicted by a learned error head shipped beside the weights (its "
+            "calibration is in docs/trust.md). It costs little time but is a second file.")
+        form.addRow("", self.error_layer_check)
 
         self.output_widget = QgsFileWidget(body)
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
@@ -317,9 +325,10 @@ class SuperResolveDock(QDockWidget):
         settings = self.current_settings()
         taken = {other.name() for other in QgsProject.instance().mapLayers().values()}
         output = self.output_widget.filePath().strip()
+        with_error_layer = self.error_layer_check.isChecked()
         if not output:
             folder = settings.resolved_output_folder()
-            self._result_number = result_number(layer.name(), scale, taken, folder)
+            self._result_number = result_number(layer.name(), scale, taken, folder, with_error_layer=with_error_layer)
             folder.mkdir(parents=True, exist_ok=True)
             output = str(default_output_path(folder, layer.name(), scale, self._result_number))
         else:
@@ -332,7 +341,8 @@ class SuperResolveDock(QDockWidget):
                              extent_crs=extent_crs, bands=parse_bands(self.bands_edit.text()),
                              rgb=parse_bands(self.rgb_edit.text(), "colour bands (RGB)"),
                              weights=settings.weights, device=settings.device, tile=settings.tile,
-                             overlap=settings.overlap, consistency=self.consistency_check.isChecked())
+                             overlap=settings.overlap, consistency=self.consistency_check.isChecked(),
+                             uncertainty=error_layer_path(output) if with_error_layer else None)
 
     # ----- running -----
     def start(self, plan_only: bool = False) -> Optional[SuperResolveTask]:
@@ -345,7 +355,7 @@ class SuperResolveDock(QDockWidget):
             self.show_status(f"Cannot start: {error}", error=True)
             return None
         self.save_choices()
-        self.last_layer = None
+        self.last_layer = self.last_error_layer = None
         layer = self.layer_combo.currentLayer()
         self._input_layer_id, self._input_name = layer.id(), layer.name()
         job = Job(self.client, request, WEIGHTS_CONTROL, plan_only=plan_only)
@@ -415,14 +425,19 @@ class SuperResolveDock(QDockWidget):
         scale = task.job.request.scale
         name = result_layer_name(self._input_name, scale,
                                  result_number(self._input_name, scale, taken, start=self._result_number))
+        added = f"'{name}'"
         try:
             self.last_layer = add_result_layer(project, outcome.result["output"], name, source,
                                                task.job.request.bands)
+            if outcome.result.get("uncertainty"):
+                self.last_error_layer = add_error_layer(project, outcome.result["uncertainty"],
+                                                        error_layer_name(name), self.last_layer)
+                added += f" and '{self.last_error_layer.name()}' under it"
         except OSError as error:
             self.show_status(f"Failed: {error}", error=True)
             return
         notice = f" {outcome.notice}" if outcome.notice else ""
-        self.show_status(f"Added '{name}': {outcome.summary()}{notice}\n{outcome.consistency}")
+        self.show_status(f"Added {added}: {outcome.summary()}{notice}\n{outcome.consistency}")
 
     def show_status(self, text: str, error: bool = False) -> None:
         """Show one status line (red for errors)."""

@@ -1,9 +1,10 @@
 """One super-resolution job, the same for the dock and Processing: plan, check, run, finish the file, sum up.
 
 Runs on a worker thread and touches no QGIS object: it gets a checked
-RunRequest, reports through plain callbacks, and leaves the result file ready
-to load (overviews built). Only what happens to that file
-afterwards differs: the dock adds it to the project, Processing returns it.
+RunRequest, reports through plain callbacks, and leaves the result file (and the
+expected-error layer, when the request asks for one) ready to load, overviews
+built. Only what happens to those files afterwards differs: the dock adds them
+to the project, Processing returns them.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class JobOutcome:
     def summary(self) -> str:
         """One sentence on the written file (the GPU notice is apart: Processing shows it as a warning)."""
         result = self.result or {}
+        error_layer = f", expected error as {result['uncertainty']}" if result.get("uncertainty") else ""
         return (f"{result['width']} x {result['height']} px, {result['bands']} band(s), in {result['seconds']:.1f} s "
-                f"on {result['device']}; saved as {result['output']}.")
+                f"on {result['device']}; saved as {result['output']}{error_layer}.")
 
 
 def describe_consistency(figures: dict[str, str], back_projected: bool) -> str:
@@ -108,5 +110,7 @@ class Job:
         result = self.client.run(request, progress=progress, is_cancelled=is_cancelled)
         on_progress(100.0, "Building overviews...")
         overviews = build_overviews(result["output"])
+        if result.get("uncertainty"):
+            build_overviews(result["uncertainty"])
         return JobOutcome(plan, result, overviews, cuda_notice(self.client.hello, request.device),
                           describe_consistency(result.get("consistency") or {}, request.consistency))

@@ -46,14 +46,15 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> Optional[str]:
 def build_request(*, input_path: str, output_path: str, scale: int, extent: Optional[QgsRectangle] = None,
                   extent_crs: Optional[QgsCoordinateReferenceSystem] = None, bands: Optional[Sequence[int]] = None,
                   rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = 256,
-                  overlap: int = 32, overwrite: bool = False,
-                  consistency: bool = DEFAULT_CONSISTENCY) -> RunRequest:
+                  overlap: int = 32, overwrite: bool = False, consistency: bool = DEFAULT_CONSISTENCY,
+                  uncertainty: Optional[str] = None) -> RunRequest:
     """The `run` request, checked by the contract (BadInput names the bad field).
 
     extent None (or empty) means the whole raster; empty `weights` means the
     weights shipped with the backend; empty `bands` writes every band; empty
     `rgb` lets the backend choose the colour triplet; `consistency` back-projects
-    the output onto the input.
+    the output onto the input; `uncertainty` (a path, or None/empty for none) asks
+    for the expected-error layer.
     """
     has_extent = extent is not None and not extent.isEmpty()
     return RunRequest(
@@ -70,6 +71,7 @@ def build_request(*, input_path: str, output_path: str, scale: int, extent: Opti
         overlap=overlap,
         overwrite=overwrite,
         consistency=consistency,
+        uncertainty=uncertainty or None,
     )
 
 
@@ -79,15 +81,18 @@ def numbered(base: str, number: int) -> str:
 
 
 def result_number(input_name: str, scale: int, taken_names: Collection[str], folder: Optional[Path] = None,
-                  start: int = 1) -> int:
+                  start: int = 1, with_error_layer: bool = False) -> int:
     """The first number from `start` whose layer name is free in the project and, with `folder`, whose default
-    file is new.
+    file (and, with `with_error_layer`, its expected-error file) is new.
 
-    One number serves both, so `field x4 (2)` is the layer of `field_x4_2.tif`.
+    One number serves all, so `field x4 (2)` is the layer of `field_x4_2.tif` and `field_x4_2_error.tif`.
     """
+    def files_taken(number: int) -> bool:
+        output = default_output_path(folder, input_name, scale, number)
+        return output.exists() or (with_error_layer and Path(error_layer_path(str(output))).exists())
+
     number = start
-    while (result_layer_name(input_name, scale, number) in taken_names
-           or (folder is not None and default_output_path(folder, input_name, scale, number).exists())):
+    while result_layer_name(input_name, scale, number) in taken_names or (folder is not None and files_taken(number)):
         number += 1
     return number
 
@@ -102,6 +107,17 @@ def default_output_path(folder: Path, input_name: str, scale: int, number: int =
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in input_name).strip("_") or "raster"
     suffix = "" if number == 1 else f"_{number}"
     return Path(folder) / f"{stem}_x{scale}{suffix}.tif"
+
+
+def error_layer_path(output: str) -> str:
+    """Where the expected-error layer of `output` goes: `_error` before its suffix (`field_x4_error.tif`)."""
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}_error{path.suffix or '.tif'}"))
+
+
+def error_layer_name(result_name: str) -> str:
+    """How the expected-error layer of the result layer `result_name` is named in the project."""
+    return f"{result_name} expected error"
 
 
 def parse_bands(text: str, what: str = "bands") -> Optional[list[int]]:

@@ -1,5 +1,8 @@
 """Finish a result file and give it its input's look: overviews, renderer, a place in the project.
 
+The expected-error layer gets a look of its own: a sequential colour ramp over its
+values, which are in the output's units, so the legend reads as an error size.
+
 Overviews are plain GDAL file work and run on the job's worker thread; renderer
 and project work touch QGIS objects and run on the main thread. Band names and
 colour interpretation come with the file: the backend copies them from the input.
@@ -7,13 +10,20 @@ colour interpretation come with the file: the backend copies them from the input
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from osgeo import gdal
-from qgis.core import (QgsHillshadeRenderer, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
-                       QgsRasterRenderer, QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer)
+from qgis.core import (QgsColorRampShader, QgsHillshadeRenderer, QgsMultiBandColorRenderer, QgsProject,
+                       QgsRasterLayer, QgsRasterRenderer, QgsSingleBandGrayRenderer, QgsSingleBandPseudoColorRenderer,
+                       QgsStyle)
 
 SMALLEST_OVERVIEW = 256
+# The expected-error layer: a perceptually uniform sequential ramp, stretched over this cumulative cut.
+ERROR_RAMP = "Viridis"
+ERROR_CUT = (0.02, 0.98)
+ERROR_CLASSES = 5
+UNIFORM_MARGIN = 0.01
 
 
 def overview_factors(width: int, height: int) -> list[int]:
@@ -78,6 +88,37 @@ def copy_renderer(renderer: Optional[QgsRasterRenderer], target: QgsRasterLayer,
     target.setRenderer(renderer)
     target.triggerRepaint()
     return True
+
+
+def style_error_layer(layer: QgsRasterLayer) -> None:
+    """Show band 1 of an expected-error layer in pseudocolour, stretched over its 2-98 % cumulative cut."""
+    provider = layer.dataProvider()
+    low, high = provider.cumulativeCut(1, *ERROR_CUT)
+    if math.isfinite(low) and not low < high:
+        # QGIS makes no ramp over an empty range: a (nearly) uniform layer gets one around its value.
+        margin = max(abs(low) * UNIFORM_MARGIN, UNIFORM_MARGIN)
+        low, high = low - margin, high + margin
+    renderer = QgsSingleBandPseudoColorRenderer(provider, 1)
+    renderer.setClassificationMin(low)
+    renderer.setClassificationMax(high)
+    renderer.createShader(QgsStyle.defaultStyle().colorRamp(ERROR_RAMP), QgsColorRampShader.Interpolated,
+                          QgsColorRampShader.Continuous, ERROR_CLASSES)
+    layer.setRenderer(renderer)
+    layer.triggerRepaint()
+
+
+def add_error_layer(project: QgsProject, path: str, name: str, result: QgsRasterLayer) -> QgsRasterLayer:
+    """Load the expected-error GeoTIFF at `path` as `name`, styled, just under `result` in the layer tree."""
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        raise OSError(f"the expected-error layer {path} was written but QGIS cannot open it")
+    style_error_layer(layer)
+    project.addMapLayer(layer, False)
+    root = project.layerTreeRoot()
+    node = root.findLayer(result.id())
+    parent = node.parent() if node is not None else root
+    parent.insertLayer(parent.children().index(node) + 1 if node is not None else 0, layer)
+    return layer
 
 
 def add_result_layer(project: QgsProject, path: str, name: str, source: Optional[QgsRasterLayer],

@@ -54,6 +54,20 @@ def write_tiny_shipped_like_weights(path: Path, scale: int = 4) -> str:
     return str(path)
 
 
+def student_with_head(folder: Path, consistency: bool = True) -> str:
+    """A tiny shipped-like student with a (random, fixed) error head beside it, trained-for its sha256."""
+    import torch
+
+    from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, output_kind, save_head
+    from backend.models.weights import file_sha256
+
+    weights = write_tiny_shipped_like_weights(folder / "tiny.safetensors")
+    torch.manual_seed(1)
+    save_head(ErrorHead(ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))), folder / "tiny.error.safetensors",
+              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency)})
+    return weights
+
+
 def write_rgb(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> str:
     """A 3-band uint8 GeoTIFF in EPSG:32633 with 10 m pixels."""
     return write_raster(str(path), (smooth_image(3, height, width, seed=seed) * 255).astype(np.uint8))

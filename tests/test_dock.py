@@ -6,12 +6,14 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from osgeo import gdal
 from qgis.core import (QgsContrastEnhancement, QgsMultiBandColorRenderer, QgsProject, QgsRasterLayer,
-                       QgsRectangle)
+                       QgsRectangle, QgsSingleBandPseudoColorRenderer)
 
-from plugin_fixtures import backend_python, wait_until, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
+from plugin_fixtures import (backend_python, student_with_head, wait_until, write_rgb, write_tiny_shipped_like_weights,
+                             write_tiny_weights)
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
@@ -429,3 +431,57 @@ def test_a_finished_set_up_names_its_interpreter_in_the_panel_and_checks_it_once
     assert plugin.backend_status.ready and plugin.backend_status.python == python
     assert dock.setup_box.isHidden() and dock.client.is_running()
     assert dock.client.starts == 1, "one check: filling in the interpreter does not start a second one"
+
+
+def test_the_expected_error_layer_is_added_under_the_result_in_pseudocolour(qgis_iface, dock, tmp_path):
+    (tmp_path / "head").mkdir()
+    dock.weights_widget.setFilePath(student_with_head(tmp_path / "head"))
+    layer = add_raster(write_rgb(tmp_path / "field.tif", 40, 24), "field")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    assert not dock.error_layer_check.isChecked(), "off by default: it is a second file"
+    dock.error_layer_check.setChecked(True)
+    task = dock.start()
+    assert task.job.request.uncertainty == str(tmp_path / "results" / "field_x4_error.tif")
+    wait_until(lambda: dock.task is None, BOUND, "the run")
+    result, errors = dock.last_layer, dock.last_error_layer
+    assert errors is not None, dock.status_label.text()
+    assert errors.name() == "field x4 expected error"
+    assert errors.source() == task.job.request.uncertainty
+    assert (errors.width(), errors.height()) == (result.width(), result.height())
+    renderer = errors.renderer()
+    assert isinstance(renderer, QgsSingleBandPseudoColorRenderer) and renderer.band() == 1
+    dataset = gdal.Open(errors.source())
+    values = dataset.GetRasterBand(1).ReadAsArray()
+    dataset = None
+    # The legend reads in the output's units: a ramp stretched around the layer's own values.
+    assert 0 < renderer.classificationMin() <= float(np.median(values)) <= renderer.classificationMax()
+    assert renderer.classificationMin() < renderer.classificationMax()
+    assert renderer.shader().rasterShaderFunction().colorRampItemList(), "a colour ramp, not an empty shader"
+    order = [node.layerId() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+    assert order.index(errors.id()) == order.index(result.id()) + 1 < order.index(layer.id())
+    assert "'field x4 expected error' under it" in dock.status_label.text()
+
+
+def test_a_leftover_error_file_moves_the_next_result_to_a_new_number(qgis_iface, dock, tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "field_x4_error.tif").write_bytes(b"an earlier run's layer")
+    layer = add_raster(write_rgb(tmp_path / "field.tif", 32, 16), "field")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.error_layer_check.setChecked(True)
+    request = dock.build_request()
+    assert (Path(request.output).name, Path(request.uncertainty).name) == ("field_x4_2.tif", "field_x4_2_error.tif")
+
+
+def test_weights_without_an_error_head_and_the_box_ticked_show_the_backend_message(qgis_iface, dock, tmp_path):
+    layer = add_raster(write_rgb(tmp_path / "field.tif", 32, 16), "field")
+    dock.layer_combo.setLayer(layer)
+    dock.set_extent_source("layer")
+    dock.error_layer_check.setChecked(True)
+    dock.run_button.click()
+    wait_until(lambda: dock.task is None, BOUND, "the refusal")
+    text = dock.status_label.text()
+    assert text.startswith("Failed:") and "no error head beside" in text
+    assert "python -m training.train_error_head" in text
+    assert dock.last_layer is None and not list((tmp_path / "results").glob("*.tif"))

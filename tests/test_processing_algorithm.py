@@ -16,7 +16,8 @@ from qgis.core import (QgsApplication, QgsContrastEnhancement, QgsMultiBandColor
                        QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
                        QgsProcessingModelParameter, QgsProcessingParameterRasterLayer, QgsProject, QgsRasterLayer)
 
-from plugin_fixtures import REPO, wait_until, write_rgb, write_tiny_shipped_like_weights, write_tiny_weights
+from plugin_fixtures import (REPO, student_with_head, wait_until, write_rgb, write_tiny_shipped_like_weights,
+                             write_tiny_weights)
 from plugin_fixtures import one_thread_backends  # noqa: F401 (a fixture, used by name)
 from rasters import ORIGIN, PIXEL
 from slimdiffsr_qgis import classFactory
@@ -185,9 +186,13 @@ def test_the_provider_and_its_algorithm_are_registered_with_help(plugin):
     assert algorithm is not None and algorithm.displayName() == "Super-resolve raster"
     names = [p.name() for p in algorithm.parameterDefinitions()]
     assert names == ["INPUT", "EXTENT", "BANDS", "RGB", "SCALE", "WEIGHTS", "DEVICE", "CONSISTENCY", "TILE_SIZE",
-                     "OVERLAP", "OUTPUT"]
+                     "OVERLAP", "OUTPUT", "UNCERTAINTY"]
     assert algorithm.parameterDefinition("CONSISTENCY").defaultValue() is True, "on by default, as in the dock and the CLI"
+    uncertainty = algorithm.parameterDefinition("UNCERTAINTY")
+    assert uncertainty.description() == "Expected error layer"
+    assert uncertainty.flags() & uncertainty.FlagOptional and not uncertainty.createByDefault(), "a second file: off"
     assert "synthesised" in algorithm.shortHelpString() and "CONSISTENCY: " in algorithm.shortHelpString()
+    assert "UNCERTAINTY: " in algorithm.shortHelpString()
 
 
 def test_the_help_is_plain_text_and_says_how_to_give_the_scale(plugin):
@@ -375,3 +380,30 @@ def test_consistency_reaches_the_request_and_the_log_gives_the_figures(plugin, t
     assert "SLIMDIFFSR_CONSISTENCY_MAD_FRACTION" in figures and "SLIMDIFFSR_CONSISTENCY_SHIFT" in figures
     line = describe_consistency(figures, consistency)
     assert line in feedback.infos and "differs by" in line
+
+
+@pytest.mark.parametrize("asked", [True, False], ids=["with-layer", "without"])
+def test_uncertainty_writes_the_expected_error_on_the_outputs_grid_only_when_asked(plugin, tmp_path, asked):
+    import processing
+
+    (tmp_path / "head").mkdir()
+    parameters = {"INPUT": write_rgb(tmp_path / "in.tif", 40, 24), "SCALE": 4,
+                  "WEIGHTS": student_with_head(tmp_path / "head"), "DEVICE": "cpu", "TILE_SIZE": 16, "OVERLAP": 2,
+                  "OUTPUT": str(tmp_path / "out.tif")}
+    if asked:
+        parameters["UNCERTAINTY"] = str(tmp_path / "out_error.tif")
+    feedback = RecordingFeedback()
+    result = processing.run("slimdiffsr:superresolve", parameters, feedback=feedback)
+    written = sorted(path.name for path in tmp_path.glob("*.tif"))
+    if not asked:
+        assert not result.get("UNCERTAINTY") and written == ["in.tif", "out.tif"]
+        return
+    assert result["UNCERTAINTY"] == str(tmp_path / "out_error.tif")
+    assert written == ["in.tif", "out.tif", "out_error.tif"]
+    output, errors = gdal.Open(result["OUTPUT"]), gdal.Open(result["UNCERTAINTY"])
+    assert (errors.RasterXSize, errors.RasterYSize, errors.RasterCount) == (
+        output.RasterXSize, output.RasterYSize, output.RasterCount)
+    assert errors.GetGeoTransform() == output.GetGeoTransform()
+    assert errors.GetProjection() == output.GetProjection()
+    output = errors = None
+    assert any(f"expected error as {result['UNCERTAINTY']}" in info for info in feedback.infos)

@@ -7,24 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from osgeo import gdal
 
 from backend.engine import Engine
-from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, output_kind, save_head
-from backend.models.weights import file_sha256
-from plugin_fixtures import write_tiny_shipped_like_weights
+from plugin_fixtures import student_with_head, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput, RunRequest
-
-
-def student_with_head(folder: Path, consistency: bool = True) -> str:
-    """A tiny shipped-like student with a (random, fixed) error head beside it, trained-for its sha256."""
-    weights = write_tiny_shipped_like_weights(folder / "tiny.safetensors")
-    torch.manual_seed(1)
-    save_head(ErrorHead(ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))), folder / "tiny.error.safetensors",
-              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency)})
-    return weights
 
 
 def request(source: str, folder: Path, weights: str, **fields) -> RunRequest:
