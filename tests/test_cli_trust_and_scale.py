@@ -104,3 +104,23 @@ def test_one_scene_in_windows_on_a_local_two_worker_cluster_equals_a_serial_run(
 ])
 def test_output_names_in_an_output_folder_come_from_files_and_subdatasets(source, stem):
     assert output_stem(source) == stem
+
+
+def test_uncertainty_writes_the_error_layer_beside_the_output_and_info_describes_the_head(scene, tmp_path):
+    from plugin_fixtures import student_with_head
+
+    weights = student_with_head(tmp_path)
+    out, errors = str(tmp_path / "out.tif"), str(tmp_path / "out_error.tif")
+    ran = slimdiffsr("run", scene, out, "--weights", weights, "--tile", "32", "--overlap", "8", "--uncertainty", errors)
+    assert ran.returncode == 0, ran.stderr
+    assert f"wrote {out} and {errors}" in ran.stderr
+    output, layer = read_raster(out), read_raster(errors)
+    assert layer[0].shape == output[0].shape and layer[1] == output[1] and layer[2] == output[2]
+    info = slimdiffsr("info", str(tmp_path / "tiny.error.safetensors"))
+    assert info.returncode == 0, info.stderr
+    assert "error head" in info.stdout and "output whose error it learnt: back-projected to the input" in info.stdout
+
+
+def test_uncertainty_names_one_file_so_it_takes_one_input(scene, tmp_path):
+    ran = slimdiffsr("run", scene, scene, "--out-dir", str(tmp_path), "--uncertainty", str(tmp_path / "e.tif"))
+    assert ran.returncode == 2 and "--uncertainty names one file" in ran.stderr
