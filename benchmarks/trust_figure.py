@@ -56,9 +56,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
     parser.add_argument("--tile", type=int, default=192, help="HR tile side (as in benchmarks.calibration)")
     parser.add_argument("--cache", type=Path, default=Path("runs/error_head"), help="folder of cached SR outputs")
+    parser.add_argument("--consistency", action="store_true",
+                        help="the output back-projected to the LR, as the engine writes it by default")
     args = parser.parse_args(argv)
     head = load_head(args.head, file_sha256(str(args.student)))
-    tiles = [t for t in student_outputs(args.student, args.data, "test", args.tile, args.cache)
+    tiles = [t for t in student_outputs(args.student, args.data, "test", args.tile, args.cache, args.consistency)
              if t["sensor"] == args.sensor]
     if not 0 <= args.index < len(tiles):
         raise SystemExit(f"--index {args.index}: the test blocks hold {len(tiles)} {args.sensor} tiles")
