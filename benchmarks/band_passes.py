@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from backend.bands import plan_passes
-from benchmarks.quality import (CONSISTENCY_SUFFIX, card_table_span, embed_in_card, gdal_upsample, model_upsampler,
-                                rounded_down)
+from benchmarks.quality import (CONSISTENCY_SUFFIX, add_report_arguments, check_card_argument, gdal_upsample,
+                                model_upsampler, publish, rounded_down)
 from training.band_sources import Grid
 from training.data import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample
@@ -142,15 +142,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the weights with the consistency option (back-projection to the LR)")
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--card", type=Path, help="also replace the table between this benchmark's markers in "
-                                                  "this model card (README.md)")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
-    if args.card:
-        try:
-            card_table_span(args.card.read_text(), CARD_MARKERS)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"--card {args.card}: {error}") from None
+    check_card_argument(args.card, CARD_MARKERS)
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = methods_for(args.scale, args.weights, args.consistency)
@@ -164,13 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table += (f"\nLR: clean = antialiased bicubic; sensor = training.sensor_degradation, seed {SENSOR_SEED} + tile "
               f"index. HR tiles {args.tile} px, each band normalised over its file (2-98 %).\n"
               f"Command: python -m benchmarks.band_passes {' '.join(argv if argv is not None else sys.argv[1:])}\n")
-    print(table)
-    print(f"({time.monotonic() - start:.0f} s)", file=sys.stderr)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-    if args.card:
-        args.card.write_text(embed_in_card(args.card.read_text(), table, CARD_MARKERS))
+    publish(table, args, start, CARD_MARKERS)
     return 0
 
 

@@ -244,6 +244,34 @@ def embed_in_card(card: str, table: str, markers: tuple[str, str] = (CARD_BEGIN,
     return f"{card[:start]}\n{table.strip()}\n{card[end:]}"
 
 
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out and --card: where a benchmark's table goes besides stdout (every benchmark that writes a card)."""
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--card", type=Path,
+                        help="also replace the table between this benchmark's markers in this model card (README.md)")
+
+
+def check_card_argument(card: Optional[Path], markers: tuple[str, str] = (CARD_BEGIN, CARD_END)) -> None:
+    """Refuse a --card without the benchmark's markers before the minutes of evaluation, not after."""
+    if card:
+        try:
+            card_table_span(card.read_text(), markers)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--card {card}: {error}") from None
+
+
+def publish(table: str, args: argparse.Namespace, started: float,
+            markers: tuple[str, str] = (CARD_BEGIN, CARD_END)) -> None:
+    """Print the table and the time it took, and write it to --out and into --card."""
+    print(table)
+    print(f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    if args.card:
+        args.card.write_text(embed_in_card(args.card.read_text(), table, markers))
+
+
 def _check_scale(found: int, wanted: int, path: Path) -> None:
     if found != wanted:
         raise SystemExit(f"{path} is a x{found} model; this run evaluates x{wanted}")
@@ -268,15 +296,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "Poisson-Gaussian noise, JPEG2000; training/sensor_degradation.py)")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the student with the consistency option (back-projection to the LR)")
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--card", type=Path,
-                        help="also replace the table between the markers of this model card (README.md)")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
-    if args.card:
-        try:
-            card_table_span(args.card.read_text())
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"--card {args.card}: {error}") from None
+    check_card_argument(args.card)
     if args.sensors:
         try:
             scenes_from_manifest(args.data, args.sensors)
@@ -298,13 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{'; sensor = training.sensor_degradation' if args.sensor_lr else ''}, seed "
               f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
               f"Command: python -m benchmarks.quality {' '.join(argv if argv is not None else sys.argv[1:])}\n")
-    print(table)
-    print(f"({time.monotonic() - start:.0f} s)", file=sys.stderr)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-    if args.card:
-        args.card.write_text(embed_in_card(args.card.read_text(), table))
+    publish(table, args, start)
     return 0
 
 

@@ -65,8 +65,8 @@ from osgeo import gdal
 
 from backend.engine import RGB_PASS
 from backend.normalisation import resolve
-from benchmarks.quality import (CONSISTENCY_SUFFIX, card_table_span, embed_in_card, gdal_upsample, model_upsampler,
-                                rounded_down)
+from benchmarks.quality import (CONSISTENCY_SUFFIX, add_report_arguments, check_card_argument, gdal_upsample,
+                                model_upsampler, publish, rounded_down)
 from training.blocks import ROLES, Block
 from training.data import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
 from training.degradation import bicubic_downsample
@@ -260,15 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the weights with the consistency option (back-projection to the LR)")
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--card", type=Path, help="also replace the table between this benchmark's markers in "
-                                                  "this model card (README.md)")
+    add_report_arguments(parser)
     args = parser.parse_args(argv)
-    if args.card:
-        try:
-            card_table_span(args.card.read_text(), CARD_MARKERS)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"--card {args.card}: {error}") from None
+    check_card_argument(args.card, CARD_MARKERS)
     try:
         pair_entries(args.data, args.pairs)
     except (OSError, ValueError) as error:
@@ -283,13 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "antialiased bicubic; Landsat outputs averaged 2x2 onto the PAN's half-pixel-offset grid, and fitted "
               "to it as a linear combination of their three bands.\n"
               f"Command: python -m benchmarks.real_pairs {' '.join(argv if argv is not None else sys.argv[1:])}\n")
-    print(table)
-    print(f"({time.monotonic() - start:.0f} s)", file=sys.stderr)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
-    if args.card:
-        args.card.write_text(embed_in_card(args.card.read_text(), table, CARD_MARKERS))
+    publish(table, args, start, CARD_MARKERS)
     return 0
 
 
