@@ -35,7 +35,7 @@ import torch
 from osgeo import gdal
 
 from backend.engine import RGB_PASS, super_resolve_array
-from slimdiffsr_qgis.contract import RunRequest
+from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
 from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample, degrade
 from training.sensor_degradation import sensor_degrade
@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
     parser.add_argument("--weights", type=Path, help="student weights (safetensors)")
     parser.add_argument("--reference", type=Path, help="reference CNN weights from benchmarks.reference_cnn")
-    parser.add_argument("--scale", type=int, default=4, choices=(4, 8))
+    parser.add_argument("--scale", type=int, default=4, choices=SUPPORTED_SCALES)
     parser.add_argument("--role", default="test", choices=("validation", "test"),
                         help="validation blocks to choose a recipe, test blocks only to report")
     parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side (NIQE needs >= 2 x 96 px)")
