@@ -204,7 +204,9 @@ def test_the_help_is_plain_text_and_says_how_to_give_the_scale(plugin):
     text = printed.getvalue()
     assert "<b>" not in text and "0: 4" not in text
     assert "SCALE: Scale factor (2, 4, 8)" in text and "SCALE: 2, 4 or 8 (a number)" in text
-    assert "shipped weights run (x4)" in text
+    from slimdiffsr_qgis.shipped_weights import shipped_scales
+
+    assert f"shipped weights run ({', '.join(f'x{scale}' for scale in shipped_scales())})" in text
 
 
 @pytest.mark.parametrize("scale", [4, "4"], ids=["int", "text"])
@@ -218,7 +220,7 @@ def test_scale_is_a_number_given_as_an_integer_or_as_text(plugin, tmp_path, weig
     assert geometry(result["OUTPUT"])[1:] == (64, 48)
 
 
-def test_x8_runs_with_x8_weights_and_x2_without_weights_names_the_weights_parameter(plugin, tmp_path):
+def test_x8_runs_with_x8_weights_and_without_them_names_the_weights_parameter(plugin, tmp_path):
     import processing
 
     raster = write_rgb(tmp_path / "in.tif", 16, 12)
@@ -227,8 +229,8 @@ def test_x8_runs_with_x8_weights_and_x2_without_weights_names_the_weights_parame
         "INPUT": raster, "SCALE": 8, "WEIGHTS": weights8, "DEVICE": "cpu", "TILE_SIZE": 16, "OVERLAP": 2,
         "OUTPUT": str(tmp_path / "out8.tif")})
     assert geometry(result["OUTPUT"])[1:] == (128, 96)
-    with pytest.raises(QgsProcessingException, match="no weights for x2 yet .*choose a weights file in WEIGHTS"):
-        processing.run("slimdiffsr:superresolve", {"INPUT": raster, "SCALE": 2, "WEIGHTS": "",
+    with pytest.raises(QgsProcessingException, match="no weights for x8 yet .*choose a weights file in WEIGHTS"):
+        processing.run("slimdiffsr:superresolve", {"INPUT": raster, "SCALE": 8, "WEIGHTS": "",
                                                    "OUTPUT": str(tmp_path / "out2.tif")})
     with pytest.raises(QgsProcessingException, match="SCALE 3 is not supported"):
         processing.run("slimdiffsr:superresolve", {"INPUT": raster, "SCALE": 3, "WEIGHTS": weights8,
