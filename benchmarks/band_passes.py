@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from backend.bands import plan_passes
-from benchmarks.quality import (CONSISTENCY_SUFFIX, add_report_arguments, check_card_argument, gdal_upsample,
-                                model_upsampler, publish, rounded_down)
+from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
+                                gdal_upsample, model_upsampler, publish, rounded_down)
 from training.band_sources import Grid
 from training.data import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
 from training.degradation import bicubic_downsample
@@ -133,11 +133,9 @@ def format_table(scores: dict[tuple[str, str], list[tuple[float, float]]], metho
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.band_passes", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    add_block_arguments(parser)
     parser.add_argument("--weights", type=Path, help="student weights (safetensors)")
     parser.add_argument("--scale", type=int, default=4, choices=(4, 8))
-    parser.add_argument("--role", default="test", choices=("validation", "test"),
-                        help="validation blocks to choose a recipe, test blocks only to report")
     parser.add_argument("--tile", type=int, default=192, help="HR evaluation tile side")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--consistency", action="store_true",

@@ -244,6 +244,13 @@ def embed_in_card(card: str, table: str, markers: tuple[str, str] = (CARD_BEGIN,
     return f"{card[:start]}\n{table.strip()}\n{card[end:]}"
 
 
+def add_block_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and --role: the manifest and which of its held-out blocks a benchmark scores."""
+    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    parser.add_argument("--role", default="test", choices=("validation", "test"),
+                        help="validation blocks to choose a recipe, test blocks only to report")
+
+
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """--out and --card: where a benchmark's table goes besides stdout (every benchmark that writes a card)."""
     parser.add_argument("--out", type=Path, help="also write the table to this file")
@@ -279,12 +286,10 @@ def _check_scale(found: int, wanted: int, path: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    add_block_arguments(parser)
     parser.add_argument("--weights", type=Path, help="student weights (safetensors)")
     parser.add_argument("--reference", type=Path, help="reference CNN weights from benchmarks.reference_cnn")
     parser.add_argument("--scale", type=int, default=4, choices=SUPPORTED_SCALES)
-    parser.add_argument("--role", default="test", choices=("validation", "test"),
-                        help="validation blocks to choose a recipe, test blocks only to report")
     parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side (NIQE needs >= 2 x 96 px)")
     parser.add_argument("--niqe", type=Path, default=None, help="NIQE parameters (default: beside the manifest)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

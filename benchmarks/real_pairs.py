@@ -65,8 +65,8 @@ from osgeo import gdal
 
 from backend.engine import RGB_PASS
 from backend.normalisation import resolve
-from benchmarks.quality import (CONSISTENCY_SUFFIX, add_report_arguments, check_card_argument, gdal_upsample,
-                                model_upsampler, publish, rounded_down)
+from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
+                                gdal_upsample, model_upsampler, publish, rounded_down)
 from training.blocks import ROLES, Block
 from training.data import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
 from training.degradation import bicubic_downsample
@@ -250,10 +250,8 @@ def format_table(scores: dict[tuple[str, str], list[tuple[float, float]]], label
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_pairs", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
+    add_block_arguments(parser)
     parser.add_argument("--weights", type=Path, nargs="*", default=[], help="student weights (x2, or x4 reduced by 2)")
-    parser.add_argument("--role", default="test", choices=("validation", "test"),
-                        help="validation blocks to choose a recipe, test blocks only to report")
     parser.add_argument("--pairs", nargs="+", metavar="PAIR", help="only these pairs (default: every pair)")
     parser.add_argument("--tile", type=int, default=96, help="LR tile side")
     parser.add_argument("--border", type=int, default=8, help="HR pixels left out at each tile edge")
