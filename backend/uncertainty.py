@@ -37,14 +37,14 @@ def load_error_head(request: RunRequest, weights: Optional[str], sha256: Optiona
     path = head_beside(weights)
     if path is None:
         raise BadInput(f"no error head beside {weights} ({Path(weights).name[:-len('.safetensors')]}"
-                       ".error.safetensors); train one with python -m training.train_error_head --student "
+                       ".error.safetensors); train one with python -m training.stages.error_head --student "
                        f"{weights} --out ... --consistency, or run without an uncertainty layer")
     head = load_head(path, sha256, device=str(device))
     wanted = output_kind(request.consistency)
     if head_output(head) != wanted:
         raise BadInput(f"the error head {path.name} learnt the error of {_outputs(head_output(head))}, but this run "
                        f"writes {_outputs(wanted)}; run with consistency {'off' if request.consistency else 'on'}, "
-                       "or train a head for these outputs (python -m training.train_error_head)")
+                       "or train a head for these outputs (python -m training.stages.error_head)")
     return head
 
 

@@ -12,7 +12,7 @@ HR tiles are the 10 m B4/B3/B2 of the scene and B8 of the same grid (the
 single-band file of data preparation), each band normalised 2-98 % over its
 whole file, as the engine and the training crops do. LR kinds: `clean`
 (antialiased bicubic) and `sensor` (the sensor chain of
-`training.sensor_degradation`, seeded per tile: Gaussian PSF with MTF at
+`training.data.sensor_degradation`, seeded per tile: Gaussian PSF with MTF at
 Nyquist 0.1-0.4, Poisson-Gaussian noise, JPEG2000). Scores: PSNR-Y over the
 RGB (border = scale, as `benchmarks.quality`), and PSNR of the NIR band
 alone (peak 1 in its normalised units).
@@ -38,11 +38,11 @@ import torch
 from backend.bands import plan_passes
 from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
                                 gdal_upsample, model_upsampler, publish, rounded_down)
-from training.band_sources import Grid
-from training.data import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
-from training.degradation import bicubic_downsample
-from training.metrics import psnr_y
-from training.sensor_degradation import sensor_degrade
+from training.data.band_files import Grid
+from training.data.crops import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
+from training.data.realesrgan_degradation import bicubic_downsample
+from training.evaluation.metrics import psnr_y
+from training.data.sensor_degradation import sensor_degrade
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 CARD_MARKERS = ("<!-- begin: table written by benchmarks.band_passes --card -->",
@@ -60,7 +60,7 @@ def four_band_tiles(manifest: Path, role: str, tile: int) -> Iterator[np.ndarray
     nir = next((s for s in band_scenes_from_manifest(manifest) if s.name == NIR_BAND), None)
     if scene is None or nir is None:
         raise ValueError(f"{manifest} lacks the scene {SCENE} or the band file {NIR_BAND}; "
-                         "run python -m training.data_sources prepare")
+                         "run python -m training.data.sources prepare")
     if Grid.of(scene.path) != Grid.of(nir.path):
         raise ValueError(f"{nir.path} is not on the grid of {scene.path}")
     reader = SceneReader([nir])
@@ -153,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"--data {args.data}: {error}") from None
     scores = evaluate(args.data, methods, args.scale, args.role, args.tile)
     table = format_table(scores, list(methods), args.scale, args.role)
-    table += (f"\nLR: clean = antialiased bicubic; sensor = training.sensor_degradation, seed {SENSOR_SEED} + tile "
+    table += (f"\nLR: clean = antialiased bicubic; sensor = training.data.sensor_degradation, seed {SENSOR_SEED} + tile "
               f"index. HR tiles {args.tile} px, each band normalised over its file (2-98 %).\n"
               f"Command: python -m benchmarks.band_passes {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     publish(table, args, start, CARD_MARKERS)

@@ -43,7 +43,7 @@ from backend.models import load
 from backend.models.error_head import load_head, predict_error
 from backend.models.weights import file_sha256
 from benchmarks.quality import DEGRADATION_SEED, LR_KINDS, make_lr, model_upsampler
-from training.data import evaluation_tiles, scenes_from_manifest
+from training.data.crops import evaluation_tiles, scenes_from_manifest
 
 BLOCK = 16
 MEDIAN_OF_B = math.log(2.0)

@@ -25,7 +25,7 @@ import torch
 from backend.consistency import consistency_figures
 from backend.models import load
 from benchmarks.quality import DEGRADATION_SEED, LR_KINDS, make_lr, model_upsampler
-from training.data import evaluation_tiles, scenes_from_manifest
+from training.data.crops import evaluation_tiles, scenes_from_manifest
 
 VARIANTS = {"plain": False, "back-projected": True}
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from backend.models import StudentConfig, build
 from backend.models.summary import format_table, operator_table, parameter_table
-from training.backbone import SD21_UNET
-from training.distill import init_from_teacher
+from training.networks.backbone import SD21_UNET
+from training.networks.distillation import init_from_teacher
 
 PAPER_TOTAL = 58.05e6
 ABLATIONS = (

@@ -5,7 +5,7 @@ ones to choose a recipe on; one sensor family's only with `--sensors`, which
 scores a model trained with `data.exclude_sensors` on the family it never
 saw), every HR tile is downsampled to LR in two ways: clean antialiased
 bicubic, and the Real-ESRGAN degradation with a fixed seed per tile (and a
-third with `--sensor-lr`: the sensor chain of `training.sensor_degradation`). Each LR is brought back to HR size by GDAL cubic and lanczos
+third with `--sensor-lr`: the sensor chain of `training.data.sensor_degradation`). Each LR is brought back to HR size by GDAL cubic and lanczos
 resampling (gdal.Translate on an in-memory dataset: what a QGIS user would do
 otherwise), by the student weights (`--weights`, run through the engine's
 tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
@@ -36,16 +36,16 @@ from osgeo import gdal
 
 from backend.engine import RGB_PASS, super_resolve_array
 from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
-from training.data import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
-from training.degradation import bicubic_downsample, degrade
-from training.sensor_degradation import sensor_degrade
-from training.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
+from training.data.crops import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
+from training.data.realesrgan_degradation import bicubic_downsample, degrade
+from training.data.sensor_degradation import sensor_degrade
+from training.evaluation.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
 
 gdal.UseExceptions()
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 LR_KINDS = ("clean", "degraded")
-# With --sensor-lr, a third LR kind: the sensor chain of training.sensor_degradation.
+# With --sensor-lr, a third LR kind: the sensor chain of training.data.sensor_degradation.
 SENSOR_LR = "sensor"
 DEGRADATION_SEED = 2021
 OVERALL = "overall"
@@ -298,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "data.exclude_sensors: [neon] is scored on the family it never saw")
     parser.add_argument("--sensor-lr", action="store_true",
                         help="also score LR from the sensor chain (PSF with MTF at Nyquist 0.1-0.4, "
-                             "Poisson-Gaussian noise, JPEG2000; training/sensor_degradation.py)")
+                             "Poisson-Gaussian noise, JPEG2000; training/data/sensor_degradation.py)")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the student with the consistency option (back-projection to the LR)")
     add_report_arguments(parser)
@@ -322,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         student = student_label(args.weights)
         table += "\n" + format_margins(scores, student, [m for m in methods if m != student])
     table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation"
-              f"{'; sensor = training.sensor_degradation' if args.sensor_lr else ''}, seed "
+              f"{'; sensor = training.data.sensor_degradation' if args.sensor_lr else ''}, seed "
               f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
               f"Command: python -m benchmarks.quality {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     publish(table, args, start)

@@ -4,7 +4,7 @@ Synthetic LR (a downsampled HR) only tells how well a model inverts the
 downsampling it was trained on. A real pair asks the question a user has:
 given what the sensor recorded at 20 m (30 m), how close is the output to
 what the same sensor recorded at 10 m (15 m)? The pairs (data/manifest.json
-"pairs", written by `python -m training.data_sources prepare`):
+"pairs", written by `python -m training.data.sources prepare`):
 
 - Sentinel-2 B8A (20 m, 865 nm) x2 against B8 (10 m, 842 nm), one band;
 - Landsat 8 red/green/blue (30 m) x2 against the panchromatic B8 (15 m).
@@ -28,14 +28,14 @@ channels, the output the mean of three, as the engine does for every non-RGB
 band) or the RGB triplet together. A x2 model is scored directly. A x4 model
 cannot make a x2 output; it is scored by reducing its x4 output by 2 with
 the antialiased bicubic reduction (the clean-LR operator of
-`training.degradation`): that is what a user with x4 weights does to get the
+`training.data.realesrgan_degradation`): that is what a user with x4 weights does to get the
 sensor's finer grid, and it keeps the x4 detail down to the frequencies the
 x2 reference holds. The method's label says so, and a control row, GDAL
 lanczos x4 reduced the same way, shows what the reduction alone costs: the
 model's fair comparison is with that row as well as with lanczos x2.
 
 Landsat's 15 m grid is offset by half a 15 m pixel from the 30 m grid
-(`training.band_sources`): each output is averaged over 2x2 (stride 1) onto
+(`training.data.band_files`): each output is averaged over 2x2 (stride 1) onto
 the PAN's pixel centres before the fit, the same for every method.
 
 Validation blocks choose a recipe, test blocks report it. Tiles of `--tile`
@@ -67,9 +67,9 @@ from backend.engine import RGB_PASS
 from backend.normalisation import resolve
 from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
                                 gdal_upsample, model_upsampler, publish, rounded_down)
-from training.blocks import ROLES, Block
-from training.data import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
-from training.degradation import bicubic_downsample
+from training.data.scene_split import ROLES, Block
+from training.data.crops import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
+from training.data.realesrgan_degradation import bicubic_downsample
 
 gdal.UseExceptions()
 
@@ -104,7 +104,7 @@ def pair_entries(manifest: Path, names: Optional[Sequence[str]] = None) -> list[
     """The manifest's pair entries (of `names` only, when given); an unknown name or no pairs is an error."""
     pairs = json.loads(Path(manifest).read_text()).get("pairs", [])
     if not pairs:
-        raise ValueError(f"{manifest} lists no pairs; run python -m training.data_sources prepare")
+        raise ValueError(f"{manifest} lists no pairs; run python -m training.data.sources prepare")
     known = [entry["name"] for entry in pairs]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:

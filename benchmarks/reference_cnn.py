@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from training.data import CropDataset, scenes_from_manifest
+from training.data.crops import CropDataset, scenes_from_manifest
 
 CONFIG_KEY = "reference_cnn_config"
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from backend.models import load
 from benchmarks.quality import gdal_upsample, make_lr, model_upsampler
-from training.data import evaluation_tiles, scenes_from_manifest
+from training.data.crops import evaluation_tiles, scenes_from_manifest
 
 LABEL_HEIGHT = 18
 

@@ -15,10 +15,11 @@ import shutil
 import statistics
 from pathlib import Path
 
-from training import train_teacher, train_uncertainty
-from training.cli import run_stage
-from training.config import load_config
-from training.records import read_losses
+from training.stages import teacher as train_teacher
+from training.stages import uncertainty as train_uncertainty
+from training.runtime.entry import run_stage
+from training.runtime.config import load_config
+from training.runtime.records import read_losses
 
 CONFIG = Path("training/configs/tiny_cpu.yaml")
 

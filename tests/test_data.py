@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from rasters import smooth_image, write_raster
-from training.blocks import Block, whole_scene
-from training.data import (CropDataset, SceneRef, dataset_options, evaluation_tiles, scenes_from_folder,
+from training.data.scene_split import Block, whole_scene
+from training.data.crops import (CropDataset, SceneRef, dataset_options, evaluation_tiles, scenes_from_folder,
                            scenes_from_manifest)
-from training.degradation import bicubic_downsample
+from training.data.realesrgan_degradation import bicubic_downsample
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ from benchmarks.quality import (CARD_BEGIN, CARD_END, LR_KINDS, Scores, embed_in
                                 format_table, gdal_upsample, make_lr)
 from benchmarks.reference_cnn import ReferenceCNN, load_reference, save_reference
 from rasters import smooth_image, write_raster
-from training.metrics import NiqeModel
+from training.evaluation.metrics import NiqeModel
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.blocks import ROLES, Block, check_separation, grid_shape, separation, split_scene, whole_scene
+from training.data.scene_split import ROLES, Block, check_separation, grid_shape, separation, split_scene, whole_scene
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -12,9 +12,9 @@ import pytest
 from osgeo import gdal
 
 from rasters import read_raster, smooth_image, write_raster
-from training.blocks import Block, check_separation
-from training.band_sources import BandFamily, Grid, PairSource, PairWindows, map_blocks, pair_windows
-from training.data_sources import MANIFEST_NAME, Package, SceneSource, prepare
+from training.data.scene_split import Block, check_separation
+from training.data.band_files import BandFamily, Grid, PairSource, PairWindows, map_blocks, pair_windows
+from training.data.sources import MANIFEST_NAME, Package, SceneSource, prepare
 
 SATELLITE = Package("fakesat", "1.0", sdist=True)
 AERIAL = Package("fakeaerial", "2.0", sdist=False)

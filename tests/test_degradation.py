@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from training.degradation import (MAX_KERNEL, BlurSettings, DegradationSettings, StageSettings, bicubic_downsample,
+from training.data.realesrgan_degradation import (MAX_KERNEL, BlurSettings, DegradationSettings, StageSettings, bicubic_downsample,
                                   degrade, gaussian_kernel, plateau_kernel, random_kernel, sinc_kernel)
 
 torch.set_num_threads(1)

@@ -483,5 +483,5 @@ def test_weights_without_an_error_head_and_the_box_ticked_show_the_backend_messa
     wait_until(lambda: dock.task is None, BOUND, "the refusal")
     text = dock.status_label.text()
     assert text.startswith("Failed:") and "no error head beside" in text
-    assert "python -m training.train_error_head" in text
+    assert "python -m training.stages.error_head" in text
     assert dock.last_layer is None and not list((tmp_path / "results").glob("*.tif"))

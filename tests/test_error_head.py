@@ -11,7 +11,7 @@ from backend.models.error_head import (ErrorHead, ErrorHeadConfig, head_beside, 
 from benchmarks.calibration import (Pooled, add_tile, block_means, below_median_share, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
 from slimdiffsr_qgis.contract import BadInput
-from training.train_error_head import keep_sensors, train
+from training.stages.error_head import keep_sensors, train
 
 SMALL = ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))
 SHA = "a" * 64

@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import save_file
 
 from slimdiffsr_qgis.contract import BadInput
-from training.backbone import scheduler_from
-from training.losses import MULTI_BANDWIDTHS, mmd2_rbf, total_variation
-from training.perceptual import LPIPS, LaplacianPyramidL1, build_perceptual
-from training.reconstruction import Reconstruction
-from training.timesteps import invert_alphas_cumprod
-from training.uncertainty import uncertainty_nll
+from training.networks.backbone import scheduler_from
+from training.losses.statistics import MULTI_BANDWIDTHS, mmd2_rbf, total_variation
+from training.losses.perceptual import LPIPS, LaplacianPyramidL1, build_perceptual
+from training.losses.reconstruction import Reconstruction
+from training.networks.timesteps import invert_alphas_cumprod
+from training.networks.uncertainty_estimator import uncertainty_nll
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from backend.resources import sample_raster_path
-from training.blocks import whole_scene
-from training.data import SceneReader, SceneRef
-from training.metrics import NiqeModel, niqe, niqe_features, niqe_score, psnr_y, rgb_to_y, ssim_y
+from training.data.scene_split import whole_scene
+from training.data.crops import SceneReader, SceneRef
+from training.evaluation.metrics import NiqeModel, niqe, niqe_features, niqe_score, psnr_y, rgb_to_y, ssim_y
 
 torch.set_num_threads(1)
 NIQE_PARAMS = Path(__file__).resolve().parent.parent / "data" / "niqe_pris_params.npz"
@@ -80,7 +80,7 @@ def niqe_model(request, tmp_path_factory, sample_crop) -> NiqeModel:
     """
     if request.param == "basicsr":
         if not NIQE_PARAMS.is_file():
-            pytest.skip("data/niqe_pris_params.npz is made by `python -m training.data_sources prepare`")
+            pytest.skip("data/niqe_pris_params.npz is made by `python -m training.data.sources prepare`")
         return NiqeModel(NIQE_PARAMS)
     path = tmp_path_factory.mktemp("niqe") / "pristine.npz"
     np.savez(path, mu_pris_param=np.zeros((1, 36)), cov_pris_param=np.eye(36), gaussian_window=_window())
@@ -119,7 +119,7 @@ def test_niqe_features_of_several_images_score_together(niqe_model, sample_crop)
 
 
 def test_niqe_without_its_parameters_file_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="training.data_sources"):
+    with pytest.raises(FileNotFoundError, match="training.data.sources"):
         NiqeModel(tmp_path / "missing.npz")
 
 

@@ -8,7 +8,7 @@ import torch
 
 from backend.models import StudentConfig, build, teacher_parameter_name
 from benchmarks.params import paper_init_fraction
-from training.distill import init_from_teacher
+from training.networks.distillation import init_from_teacher
 
 TINY_TEACHER = dict(
     sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=2,

@@ -11,7 +11,10 @@ from osgeo import gdal
 
 from backend.models import load
 from rasters import smooth_image, write_raster
-from training import evaluate, train_student, train_teacher, train_uncertainty
+from training.evaluation import report as evaluate
+from training.stages import student as train_student
+from training.stages import teacher as train_teacher
+from training.stages import uncertainty as train_uncertainty
 from training_helpers import TINY_CONFIG
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.sensor_degradation import (SensorSettings, add_sensor_noise, blur, box_mtf, jpeg2000, psf_kernel,
+from training.data.sensor_degradation import (SensorSettings, add_sensor_noise, blur, box_mtf, jpeg2000, psf_kernel,
                                          sensor_degrade, system_mtf)
 
 torch.set_num_threads(1)

@@ -10,11 +10,11 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Con
 
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels
-from training.adversarial import DinoDiscriminator, PatchDiscriminator, build_discriminator
-from training.backbone import load_backbone, scheduler_from
-from training.distill import FeatureAdapters, capture, distillation_terms, teacher_modules
-from training.teacher import Teacher, TeacherConfig, load_teacher, one_step_x0, save_teacher
-from training.uncertainty import UncertaintyConfig, UncertaintyEstimator
+from training.losses.adversarial import DinoDiscriminator, PatchDiscriminator, build_discriminator
+from training.networks.backbone import load_backbone, scheduler_from
+from training.networks.distillation import FeatureAdapters, capture, distillation_terms, teacher_modules
+from training.networks.teacher import Teacher, TeacherConfig, load_teacher, one_step_x0, save_teacher
+from training.networks.uncertainty_estimator import UncertaintyConfig, UncertaintyEstimator
 
 torch.set_num_threads(1)
 SMALL = TeacherConfig(unet_lora_rank=4, vae_lora_rank=2, predictor_width=8)
@@ -173,7 +173,7 @@ def test_the_spatial_time_embedding_equals_the_mean_one_on_a_flat_t_map_and_diff
 
 
 def test_a_per_pixel_time_embedding_is_what_each_pixel_would_get_from_its_own_timestep():
-    from training.spatial_time import spatial_time
+    from training.networks.spatial_time import spatial_time
 
     torch.manual_seed(0)
     unet = load_backbone("tiny").unet.eval()

@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, save
 from rasters import smooth_image
-from training.dists import DISTS, load_dists
-from training.evaluate import evaluate, markdown
-from training.perceptual import LPIPS
+from training.evaluation.dists import DISTS, load_dists
+from training.evaluation.report import evaluate, markdown
+from training.losses.perceptual import LPIPS
 
 torch.set_num_threads(1)
 

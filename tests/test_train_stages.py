@@ -9,11 +9,13 @@ from safetensors.torch import load_file
 
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, load, save
-from training import train_student, train_teacher, train_uncertainty
-from training.cli import run_stage
-from training.config import load_config, loop_config, section
-from training.loop import LoopConfig, lr_factor
-from training.records import read_losses
+from training.stages import student as train_student
+from training.stages import teacher as train_teacher
+from training.stages import uncertainty as train_uncertainty
+from training.runtime.entry import run_stage
+from training.runtime.config import load_config, loop_config, section
+from training.runtime.loop import LoopConfig, lr_factor
+from training.runtime.records import read_losses
 from training_helpers import TINY_CONFIG, FixedPairs, tiny_config
 
 torch.set_num_threads(1)
@@ -95,7 +97,7 @@ def test_the_paper_config_refuses_fallbacks_unless_asked(tmp_path, capsys):
     assert "--allow-fallbacks" in capsys.readouterr().err
     # Allowed, the stage gets past the fallback check and stops at the next missing input, the teacher.
     assert train_student.main([*arguments, "--allow-fallbacks"]) == 2
-    assert "run python -m training.train_teacher first" in capsys.readouterr().err
+    assert "run python -m training.stages.teacher first" in capsys.readouterr().err
 
 
 def test_adamw_decays_weights_unless_told_otherwise():
@@ -191,7 +193,7 @@ def test_cosine_decay_reaches_zero_at_the_last_step_and_a_resumed_run_follows_it
 def test_ema_warms_up_so_a_short_run_does_not_keep_its_initial_weights():
     from torch import nn
 
-    from training.ema import EMA
+    from training.runtime.ema import EMA
 
     module = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(module.weight)
@@ -205,7 +207,7 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_initial_weights():
 
 
 def test_any_checkpoint_exports_as_a_weights_file_with_its_ema_or_raw_weights(tmp_path):
-    from training.export_checkpoint import export
+    from training.runtime.export import export
 
     config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none",
                          "student.loop.checkpoint_every=1", "student.loop.ema_decay=0.9")
@@ -227,7 +229,7 @@ def test_any_checkpoint_exports_as_a_weights_file_with_its_ema_or_raw_weights(tm
 
 
 def test_a_run_still_going_exports_with_the_config_of_a_file_like_it(tmp_path):
-    from training.export_checkpoint import export
+    from training.runtime.export import export
 
     config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none",
                          "student.loop.checkpoint_every=1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimdiffsr_qgis.contract import BadInput
-from training.inputs import training_dataset
+from training.data.datasets import training_dataset
 
 
 def config(**data) -> dict:

@@ -49,7 +49,7 @@ def test_weights_without_a_head_are_refused_before_any_compute(tmp_path):
     weights = write_tiny_shipped_like_weights(tmp_path / "alone.safetensors")
     source = write_raster(str(tmp_path / "in.tif"), (smooth_image(3, 40, 40) * 255).astype(np.uint8))
     steps = []
-    with pytest.raises(BadInput, match="no error head beside .*train one with python -m training.train_error_head"):
+    with pytest.raises(BadInput, match="no error head beside .*train one with python -m training.stages.error_head"):
         Engine().run(request(source, tmp_path, weights), progress=lambda done, total: steps.append(done))
     assert steps == [] and not (tmp_path / "out.tif").exists()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.config import load_config
+from training.runtime.config import load_config
 
 TINY_CONFIG = Path(__file__).resolve().parent.parent / "training" / "configs" / "tiny_cpu.yaml"
 

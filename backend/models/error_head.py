@@ -176,7 +176,7 @@ def load_head(path: PathLike, student_sha256: Optional[str] = None, device: str 
     if student_sha256 is not None and trained_for != student_sha256:
         raise BadInput(f"{path}: this error head was trained for the student weights with sha256 "
                        f"{trained_for[:12] or 'unknown'}..., not {student_sha256[:12]}...; "
-                       "train a head for these weights with python -m training.train_error_head")
+                       "train a head for these weights with python -m training.stages.error_head")
     head = ErrorHead(config)
     try:
         head.load_state_dict(tensors, strict=True)

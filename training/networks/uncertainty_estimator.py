@@ -82,7 +82,7 @@ def uncertainty_nll(z_gt: torch.Tensor, z_mean: torch.Tensor, log_var: torch.Ten
 def load_uncertainty(path: Path) -> UncertaintyEstimator:
     """A frozen estimator from the stage-0 file (config in its safetensors metadata)."""
     if not Path(path).is_file():
-        raise BadInput(f"uncertainty estimator {path} does not exist; run python -m training.train_uncertainty first")
+        raise BadInput(f"uncertainty estimator {path} does not exist; run python -m training.stages.uncertainty first")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     model = UncertaintyEstimator(UncertaintyConfig.from_metadata(meta))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .loop import step_seed
+from training.runtime.loop import step_seed
 
 
 class _SeededItems(Dataset):

@@ -1,6 +1,6 @@
 """What every training entry point does around its stage: arguments, config, processes, data, loop.
 
-    python -m training.train_uncertainty --config training/configs/tiny_cpu.yaml [--out DIR]
+    python -m training.stages.uncertainty --config training/configs/tiny_cpu.yaml [--out DIR]
         [--max-minutes M] [--device auto|cpu|cuda] [--set section.key=value ...] [--allow-fallbacks]
 
 Under `torchrun --nproc_per_node N` or `accelerate launch` the same command
@@ -19,12 +19,12 @@ from torch.utils.data import Dataset
 
 from slimdiffsr_qgis.contract import SlimDiffSRError
 
-from . import distributed
-from .batches import seeded_batches
-from .config import load_config, loop_config, save_run_config, stage_dir
-from .distributed import Processes
-from .inputs import training_dataset
-from .loop import Outcome, Task, seed_everything, train
+from training.runtime import data_parallel
+from training.data.batches import seeded_batches
+from training.runtime.config import load_config, loop_config, save_run_config, stage_dir
+from training.runtime.data_parallel import Processes
+from training.data.datasets import training_dataset
+from training.runtime.loop import Outcome, Task, seed_everything, train
 
 TaskFactory = Callable[[dict[str, Any], Processes], Task]
 
@@ -63,7 +63,7 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
               max_minutes: Optional[float] = None) -> Outcome:
     """Train one stage as `config` says; `dataset` replaces the configured training data (tests)."""
     apply_cpu_threads(config)
-    processes = distributed.start(config.get("device", "auto"))
+    processes = data_parallel.start(config.get("device", "auto"))
     try:
         loop = loop_config(config, stage)
         seed_everything(loop.seed)  # networks start from the same weights in every run of this config
@@ -81,7 +81,7 @@ def run_stage(stage: str, build_task: TaskFactory, config: dict[str, Any], datas
         }
         return train(task, loop, batches, stage_dir(config, stage), processes, max_minutes, provenance)
     finally:
-        distributed.stop(processes)
+        data_parallel.stop(processes)
 
 
 def apply_cpu_threads(config: dict[str, Any]) -> None:

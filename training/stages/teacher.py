@@ -1,6 +1,6 @@
 """Stage 1 entry point: train the uncertainty-guided single-step teacher and write teacher.safetensors.
 
-    python -m training.train_teacher --config training/configs/tiny_cpu.yaml
+    python -m training.stages.teacher --config training/configs/tiny_cpu.yaml
 
 Needs the stage-0 estimator (`teacher.uncertainty_weights`, default: the
 uncertainty stage's product). Loss: L1 + 2.5·LPIPS + 0.25·GAN + λ_TV·TV(ᾱ),
@@ -15,15 +15,15 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import cli
-from .backbone import load_backbone, upsample_bicubic
-from .config import allow_fallbacks, product_path, section, settings
-from .distributed import Processes
-from .loop import Task
-from .losses import total_variation
-from .reconstruction import Reconstruction
-from .teacher import Teacher, TeacherConfig, save_teacher
-from .uncertainty import load_uncertainty
+from training.runtime import entry
+from training.networks.backbone import load_backbone, upsample_bicubic
+from training.runtime.config import allow_fallbacks, product_path, section, settings
+from training.runtime.data_parallel import Processes
+from training.runtime.loop import Task
+from training.losses.statistics import total_variation
+from training.losses.reconstruction import Reconstruction
+from training.networks.teacher import Teacher, TeacherConfig, save_teacher
+from training.networks.uncertainty_estimator import load_uncertainty
 
 
 TIME_NOTES = {
@@ -94,7 +94,7 @@ def build_task(config: dict[str, Any], processes: Processes) -> TeacherTask:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.main("teacher", build_task, "Stage 1: train the uncertainty-guided single-step teacher.", argv)
+    return entry.main("teacher", build_task, "Stage 1: train the uncertainty-guided single-step teacher.", argv)
 
 
 if __name__ == "__main__":

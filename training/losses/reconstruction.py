@@ -23,8 +23,8 @@ from torch import nn
 
 from slimdiffsr_qgis.contract import BadInput
 
-from .adversarial import build_discriminator, discriminator_hinge, generator_hinge
-from .perceptual import build_perceptual
+from training.losses.adversarial import build_discriminator, discriminator_hinge, generator_hinge
+from training.losses.perceptual import build_perceptual
 
 DEFAULT_WEIGHTS = {"l1": 1.0, "mse": 0.0, "perceptual": 2.5, "gan": 0.25}
 

@@ -1,6 +1,6 @@
 """Make LR training inputs the way an Earth-observation sensor does: optics PSF, detector, noise, JPEG2000.
 
-Real-ESRGAN's chain (`training.degradation`) models web photographs: JPEG
+Real-ESRGAN's chain (`training.data.realesrgan_degradation`) models web photographs: JPEG
 blocks, sinc ringing, resizes. A spaceborne imager degrades differently, and
 this module models that chain for [B, C, H, W] batches in [0, 1]:
 

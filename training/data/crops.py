@@ -2,7 +2,7 @@
 
 A scene is any GDAL-readable image (GeoTIFF, PNG, ...; uint8 or uint16; any
 band count with a 1-based band mapping) with blocks per role, from the data
-manifest (`training.data_sources`) or a plain folder. Values are mapped to
+manifest (`training.data.sources`) or a plain folder. Values are mapped to
 [0, 1] with `backend.normalisation`, resolved once per scene from a decimated
 read, the same rule the engine applies to a user's window, so the model sees
 at training time what it sees at inference time; `CropDataset.normalisation_spec`
@@ -21,7 +21,7 @@ leave-one-family-out protocol: train without F, score on F with
 crops from the manifest's single-band files (every Sentinel-2 and Landsat 8
 band), replicated to the model's three channels as the engine feeds every
 non-RGB band; `degradation` picks the chain for degraded items: Real-ESRGAN's
-(`realesrgan`), the sensor chain of `training.sensor_degradation` (`sensor`),
+(`realesrgan`), the sensor chain of `training.data.sensor_degradation` (`sensor`),
 or either with equal chance (`mix`). `dataset_options` reads them from a
 config's `data` section.
 """
@@ -40,9 +40,9 @@ from osgeo import gdal
 from backend.normalisation import Normalisation, resolve
 from backend.raster import STRETCH_SAMPLE_SIDE, map_bands
 
-from .blocks import ROLES, Block, whole_scene
-from .degradation import DegradationSettings, bicubic_downsample, degrade
-from .sensor_degradation import SensorSettings, sensor_degrade
+from training.data.scene_split import ROLES, Block, whole_scene
+from training.data.realesrgan_degradation import DegradationSettings, bicubic_downsample, degrade
+from training.data.sensor_degradation import SensorSettings, sensor_degrade
 
 gdal.UseExceptions()
 
@@ -197,7 +197,7 @@ def dataset_options(data: dict, manifest: Optional[Path] = None) -> dict:
     excluded = tuple(data.get("exclude_sensors") or ())
     if fraction > 0 and manifest is None:
         raise ValueError("data.single_band_fraction needs data.manifest (its single-band files); "
-                         "run python -m training.data_sources prepare")
+                         "run python -m training.data.sources prepare")
     bands = band_scenes_from_manifest(manifest) if fraction > 0 else []
     return {"exclude_sensors": excluded, "single_band_fraction": fraction, "band_scenes": bands,
             "degradation_kind": str(data.get("degradation", "realesrgan"))}

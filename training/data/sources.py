@@ -16,9 +16,9 @@ those products as single-band files (`bands/`, for single-band training
 samples) and the real cross-resolution pairs (`pairs/`: Sentinel-2 B8A 20 m
 with B8 10 m, Landsat 8 red/green/blue 30 m with the panchromatic B8 15 m),
 listed under the manifest's "bands" and "pairs" with blocks mapped from one
-split per product (`training.band_sources`).
+split per product (`training.data.band_files`).
 
-    python -m training.data_sources prepare --out data/
+    python -m training.data.sources prepare --out data/
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from .archives import Package, extract_member, fetch_package, write_geotiff
-from .band_sources import BandFamily, Grid, PairSource, band_entry, map_blocks, pair_entry, pair_windows, write_pair
-from .blocks import Block, grid_shape, split_scene, whole_scene
-from .data import invalid_mask, read_decimated
+from training.data.archives import Package, extract_member, fetch_package, write_geotiff
+from training.data.band_files import BandFamily, Grid, PairSource, band_entry, map_blocks, pair_entry, pair_windows, write_pair
+from training.data.scene_split import Block, grid_shape, split_scene, whole_scene
+from training.data.crops import invalid_mask, read_decimated
 
 gdal.UseExceptions()
 
@@ -173,7 +173,7 @@ def cell_quality(path: Path, cell: int, nodata: Optional[int],
     gradient of the luma) of at least MIN_TEXTURE_RATIO times the scene's upper
     quartile of cell textures, so the test is not spent on open water or a
     cloud deck where every method scores alike. Measured on a read decimated
-    8x; "invalid" is the crop sampler's rule (`training.data.invalid_mask`).
+    8x; "invalid" is the crop sampler's rule (`training.data.crops.invalid_mask`).
     """
     ds = gdal.Open(str(path))
     width, height = ds.RasterXSize, ds.RasterYSize
@@ -312,7 +312,7 @@ def prepare(out: Path, sources: Sequence[SceneSource] = SCENES, crop: int = DEFA
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data_sources", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.data.sources", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("prepare", help="fetch the archives, write the scenes and data/manifest.json")
     run.add_argument("--out", type=Path, default=Path("data"), help="data folder (default: data/)")

@@ -11,7 +11,7 @@ its training log is not the run's, so the export then points to the run's own
 log instead of inheriting a lineage that is not its. The metadata records which
 tensors were taken.
 
-    python -m training.export_checkpoint runs/default_x4/student --step 2600 --take generator --out F.safetensors
+    python -m training.runtime.export runs/default_x4/student --step 2600 --take generator --out F.safetensors
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluate SR models on held-out tiles and write a Markdown table.
 
-    python -m training.evaluate --config training/configs/tiny_cpu.yaml [--models bicubic W1.safetensors ...]
+    python -m training.evaluation.report --config training/configs/tiny_cpu.yaml [--models bicubic W1.safetensors ...]
         [--role test] [--niqe-params data/niqe_pris_params.npz] [--lpips-weights lpips_vgg.safetensors]
         [--dists-weights dists_vgg.safetensors]
 
@@ -28,14 +28,14 @@ from slimdiffsr_qgis.contract import BadInput, SlimDiffSRError
 from backend.models import load
 from backend.models.bicubic import BicubicUpscaler
 
-from .cli import apply_cpu_threads
-from .config import load_config, product_path, section, stage_dir
-from .data import evaluation_tiles
-from .degradation import bicubic_downsample
-from .dists import DISTS, load_dists
-from .inputs import scenes
-from .metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
-from .perceptual import LPIPS, build_perceptual
+from training.runtime.entry import apply_cpu_threads
+from training.runtime.config import load_config, product_path, section, stage_dir
+from training.data.crops import evaluation_tiles
+from training.data.realesrgan_degradation import bicubic_downsample
+from training.evaluation.dists import DISTS, load_dists
+from training.data.datasets import scenes
+from training.evaluation.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
+from training.losses.perceptual import LPIPS, build_perceptual
 
 TIMED_SIDE = 512
 
@@ -164,9 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out-dir", help="overrides the config's output_dir")
     p.add_argument("--models", nargs="+", help="'bicubic' and/or student .safetensors files")
     p.add_argument("--role", choices=["train", "validation", "test"])
-    p.add_argument("--niqe-params", help="niqe_pris_params.npz (from training.data_sources prepare)")
-    p.add_argument("--lpips-weights", help="LPIPS-VGG16 safetensors (see training.perceptual)")
-    p.add_argument("--dists-weights", help="DISTS safetensors: VGG16 features + alpha/beta (see training.dists)")
+    p.add_argument("--niqe-params", help="niqe_pris_params.npz (from training.data.sources prepare)")
+    p.add_argument("--lpips-weights", help="LPIPS-VGG16 safetensors (see training.losses.perceptual)")
+    p.add_argument("--dists-weights", help="DISTS safetensors: VGG16 features + alpha/beta (see training.evaluation.dists)")
     p.add_argument("--table", type=Path, help="where to write the Markdown table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)

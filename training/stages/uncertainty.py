@@ -1,6 +1,6 @@
 """Stage 0 entry point: train the latent uncertainty estimator (Eq. 5) and write uncertainty.safetensors.
 
-    python -m training.train_uncertainty --config training/configs/tiny_cpu.yaml
+    python -m training.stages.uncertainty --config training/configs/tiny_cpu.yaml
 
 The VAE encoder comes from the configured backbone and stays frozen, so the
 estimator learns in the same latent space the teacher will use.
@@ -14,12 +14,12 @@ from typing import Any, Optional, Sequence
 import torch
 from safetensors.torch import save_file
 
-from . import cli
-from .backbone import encode_latent, load_backbone, upsample_bicubic
-from .config import section, settings
-from .distributed import Processes
-from .loop import Task
-from .uncertainty import UncertaintyConfig, UncertaintyEstimator, uncertainty_nll
+from training.runtime import entry
+from training.networks.backbone import encode_latent, load_backbone, upsample_bicubic
+from training.runtime.config import section, settings
+from training.runtime.data_parallel import Processes
+from training.runtime.loop import Task
+from training.networks.uncertainty_estimator import UncertaintyConfig, UncertaintyEstimator, uncertainty_nll
 
 
 class UncertaintyTask(Task):
@@ -65,7 +65,7 @@ def build_task(config: dict[str, Any], processes: Processes) -> UncertaintyTask:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.main("uncertainty", build_task, "Stage 0: train the latent uncertainty estimator.", argv)
+    return entry.main("uncertainty", build_task, "Stage 0: train the latent uncertainty estimator.", argv)
 
 
 if __name__ == "__main__":

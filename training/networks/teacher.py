@@ -10,7 +10,7 @@ Spatial t*: diffusers' UNet takes one timestep per sample, so by default
 per-pixel ᾱ is applied in the one-step update; the training log records the
 spread of t* within each map, which this simplification ignores. With
 `time_embedding: spatial` every ResBlock also adds the embedding of t* per
-pixel (training/spatial_time.py).
+pixel (training/networks/spatial_time.py).
 
 Only LoRA adapters (rank 32 on the UNet, 16 on the VAE decoder) and the
 predictor train; the backbone stays frozen.
@@ -30,10 +30,10 @@ from torch import nn
 
 from slimdiffsr_qgis.contract import BadInput
 
-from .backbone import Backbone, decode_latent, encode_latent, load_backbone
-from .spatial_time import TIME_EMBEDDINGS, spatial_time
-from .timesteps import invert_alphas_cumprod
-from .uncertainty import UncertaintyConfig, UncertaintyEstimator
+from training.networks.backbone import Backbone, decode_latent, encode_latent, load_backbone
+from training.networks.spatial_time import TIME_EMBEDDINGS, spatial_time
+from training.networks.timesteps import invert_alphas_cumprod
+from training.networks.uncertainty_estimator import UncertaintyConfig, UncertaintyEstimator
 
 UNET_LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -172,11 +172,11 @@ def save_teacher(path: Path, weights: dict[str, torch.Tensor], estimator: Uncert
 def load_teacher(path: Path) -> tuple[Teacher, UncertaintyEstimator, dict[str, str]]:
     """Rebuild a frozen teacher and its estimator from a stage-1 file; the backbone is loaded from its source."""
     if not Path(path).is_file():
-        raise BadInput(f"teacher weights {path} do not exist; run python -m training.train_teacher first")
+        raise BadInput(f"teacher weights {path} do not exist; run python -m training.stages.teacher first")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     if "backbone" not in meta:
-        raise BadInput(f"{path} is not a teacher file written by training.train_teacher (no backbone in its metadata)")
+        raise BadInput(f"{path} is not a teacher file written by training.stages.teacher (no backbone in its metadata)")
     source, _, prediction_type = meta["backbone"].partition("|")
     backbone = load_backbone(source, prediction_type or "epsilon")
     config = TeacherConfig.from_metadata(meta)

@@ -1,6 +1,6 @@
 """Stage 2 entry point: train the SlimDiffSR student and write student.safetensors for the backend.
 
-    python -m training.train_student --config training/configs/tiny_cpu.yaml
+    python -m training.stages.student --config training/configs/tiny_cpu.yaml
 
 With a teacher (`student.teacher_weights`: the teacher stage's product by
 default) the loss is the reconstruction terms plus Σ_taps [MSE(φ(f_stu), f_tea)
@@ -27,15 +27,15 @@ from backend.models.weights import file_sha256
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 
-from . import cli
-from .backbone import load_taesd, upsample_bicubic
-from .config import allow_fallbacks, product_path, section
-from .distill import FeatureAdapters, capture, distillation_terms, init_from_teacher, teacher_modules
-from .distributed import Processes
-from .loop import Task
-from .losses import PAPER_BANDWIDTHS
-from .reconstruction import Reconstruction
-from .teacher import load_teacher
+from training.runtime import entry
+from training.networks.backbone import load_taesd, upsample_bicubic
+from training.runtime.config import allow_fallbacks, product_path, section
+from training.networks.distillation import FeatureAdapters, capture, distillation_terms, init_from_teacher, teacher_modules
+from training.runtime.data_parallel import Processes
+from training.runtime.loop import Task
+from training.losses.statistics import PAPER_BANDWIDTHS
+from training.losses.reconstruction import Reconstruction
+from training.networks.teacher import load_teacher
 
 NO_TEACHER = "none"
 STUDENT_PRESETS = ("paper", "compact", "tiny")
@@ -226,7 +226,7 @@ def build_task(config: dict[str, Any], processes: Processes) -> StudentTask:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli.main("student", build_task, "Stage 2: train the SlimDiffSR student (distilled or No-Dis).", argv)
+    return entry.main("student", build_task, "Stage 2: train the SlimDiffSR student (distilled or No-Dis).", argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Turn a config's `data` section into the datasets of `training.data`: training crops and evaluation tiles.
+"""Turn a config's `data` section into the datasets of `training.data.crops`: training crops and evaluation tiles.
 
-`data.manifest` (from `python -m training.data_sources prepare`) gives scenes
+`data.manifest` (from `python -m training.data.sources prepare`) gives scenes
 with spatially disjoint train / validation / test blocks; `data.folder` takes
 every image of a folder whole, in the role asked for (for quick runs and tests).
 """
@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 from slimdiffsr_qgis.contract import BadInput
 
-from .config import section
-from .data import CropDataset, SceneRef, dataset_options, scenes_from_folder, scenes_from_manifest
+from training.runtime.config import section
+from training.data.crops import CropDataset, SceneRef, dataset_options, scenes_from_folder, scenes_from_manifest
 
 
 def scenes(config: dict[str, Any], role: str) -> list[SceneRef]:
@@ -22,7 +22,7 @@ def scenes(config: dict[str, Any], role: str) -> list[SceneRef]:
     if data.get("manifest"):
         manifest = Path(data["manifest"])
         if not manifest.is_file():
-            raise BadInput(f"data manifest {manifest} does not exist; run python -m training.data_sources prepare first")
+            raise BadInput(f"data manifest {manifest} does not exist; run python -m training.data.sources prepare first")
         return scenes_from_manifest(manifest)
     if data.get("folder"):
         folder = Path(data["folder"])

@@ -32,8 +32,8 @@ from typing import Optional
 import numpy as np
 from osgeo import gdal
 
-from .archives import Package, write_geotiff
-from .blocks import ROLES, Block
+from training.data.archives import Package, write_geotiff
+from training.data.scene_split import ROLES, Block
 
 gdal.UseExceptions()
 
@@ -55,7 +55,7 @@ class BandFamily:
     """The bands of one multispectral product in one archive, and where their blocks come from.
 
     member: the archive path of a band, with {} for the band name. anchor_scene:
-    the 3-band scene (of `training.data_sources`) over the same ground; the
+    the 3-band scene (of `training.data.sources`) over the same ground; the
     family is prepared only with it. split_band: None maps the anchor scene's
     blocks; a band name splits that band's own grid instead (for an anchor
     scene given whole to one role, such as the cloudy Landsat 8 one).

@@ -15,7 +15,7 @@ import yaml
 
 from slimdiffsr_qgis.contract import BadInput
 
-from .loop import LoopConfig
+from training.runtime.loop import LoopConfig
 
 T = TypeVar("T")
 STAGE_FOLDERS = {"uncertainty": "uncertainty", "teacher": "teacher", "student": "student", "evaluate": "evaluation"}

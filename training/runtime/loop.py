@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from slimdiffsr_qgis.contract import BadInput
 
-from . import distributed
-from .distributed import Processes
-from .ema import EMA
-from .records import LossTable, RunLog
+from training.runtime import data_parallel
+from training.runtime.data_parallel import Processes
+from training.runtime.ema import EMA
+from training.runtime.records import LossTable, RunLog
 
 LR_DECAYS = ("constant", "cosine")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,9 +173,9 @@ def train(
     table = LossTable(directory / "losses.csv", enabled=processes.is_main)
     device = processes.device
     task.to(device)
-    distributed.broadcast_module(task.generator, processes)
+    data_parallel.broadcast_module(task.generator, processes)
     if task.critic is not None:
-        distributed.broadcast_module(task.critic, processes)
+        data_parallel.broadcast_module(task.critic, processes)
 
     params = [p for p in task.generator.parameters() if p.requires_grad]
     optimisers = [_optimiser(params, config, config.lr)]
@@ -221,7 +221,7 @@ def train(
                 _accumulate(totals, {f"critic_{k}": v for k, v in critic_losses.items()}, config.grad_accum)
         for group, optimiser in zip([params, critic_params], optimisers):
             _set_lr(optimiser, config, step)
-            distributed.average_gradients(group, processes)
+            data_parallel.average_gradients(group, processes)
             scaler.unscale_(optimiser)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(group, config.grad_clip)
@@ -237,7 +237,7 @@ def train(
             progress.set_postfix({k: f"{v:.4g}" for k, v in totals.items() if not k.startswith("critic")})
         finished = step >= config.steps
         out_of_time = max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes
-        out_of_time = distributed.any_rank(out_of_time, processes)
+        out_of_time = data_parallel.any_rank(out_of_time, processes)
         if finished or out_of_time or step % config.checkpoint_every == 0:
             _save_checkpoint(directory, step, minutes(), task, optimisers, scaler, ema, config.keep_checkpoints, processes)
         if out_of_time and not finished:

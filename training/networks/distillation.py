@@ -24,7 +24,7 @@ from torch import nn
 from backend.models import SlimDiffSR, teacher_parameter_name
 from slimdiffsr_qgis.contract import BadInput
 
-from .losses import PAPER_BANDWIDTHS, mmd2_rbf
+from training.losses.statistics import PAPER_BANDWIDTHS, mmd2_rbf
 
 
 def teacher_modules(unet: nn.Module, taps: list[str]) -> dict[str, nn.Module]:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-from .adversarial import IMAGENET_MEAN, IMAGENET_STD
-from .perceptual import load_local_weights, vgg16_features
+from training.losses.adversarial import IMAGENET_MEAN, IMAGENET_STD
+from training.losses.perceptual import load_local_weights, vgg16_features
 
 STAGE_ENDS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 CHANNELS = (3, 64, 128, 256, 512, 512)

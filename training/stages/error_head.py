@@ -1,6 +1,6 @@
 """Trains the error head (backend/models/error_head.py) for a frozen student and writes it as safetensors.
 
-    python -m training.train_error_head --student resources/weights/slimdiffsr_x4.safetensors \
+    python -m training.stages.error_head --student resources/weights/slimdiffsr_x4.safetensors \
         --out resources/weights/slimdiffsr_x4.error.safetensors --steps 3733 --minutes 30 [--exclude-sensors neon]
 
 The student is frozen, so its outputs are computed once: (LR, SR, HR) crops of
@@ -29,7 +29,7 @@ from backend.models import load, read_metadata
 from backend.consistency import back_project
 from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, laplace_nll, output_kind, save_head
 from backend.models.weights import file_sha256
-from training.data import CropDataset, scenes_from_manifest
+from training.data.crops import CropDataset, scenes_from_manifest
 
 CROP = 192
 """HR side of a cached crop: 48 LR pixels, larger than the head's receptive field and the training sub-crop."""
@@ -132,7 +132,7 @@ def keep_sensors(crops: dict, exclude: Sequence[str]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train_error_head", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.stages.error_head", description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, required=True, help="the frozen student's weights (safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the head (safetensors)")
     parser.add_argument("--exclude-sensors", nargs="*", default=[], metavar="FAMILY",
@@ -161,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
             "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency),
-            "command": "python -m training.train_error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": "python -m training.stages.error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_head(head, args.out, file_sha256(str(args.student)), meta)
     print(f"wrote {args.out}: {sum(p.numel() for p in head.parameters())} parameters, {steps} steps, "

@@ -1,0 +1,1 @@
+"""Scoring SR outputs: image-quality metrics and the evaluation report."""

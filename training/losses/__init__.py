@@ -1,0 +1,1 @@
+"""Training objectives: reconstruction, perceptual, adversarial and the statistical terms."""

@@ -1,0 +1,1 @@
+"""The networks the stages train and distil: backbone, estimator, teacher, time embedding, taps."""
