@@ -95,8 +95,26 @@ def loop_config(config: dict[str, Any], stage: str) -> LoopConfig:
 
 def settings(kind: type[T], config: dict[str, Any], stage: str, name: str) -> T:
     """A stage's subsection as the dataclass `kind`; an unknown or mistyped key is a BadInput naming it."""
-    values = dict(section(section(config, stage), name))
+    return typed_section(kind, config, stage, name)
+
+
+def typed_section(kind: type[T], config: dict[str, Any], *path: str) -> T:
+    """The section at `path` (e.g. "data", or "student", "loop") as the dataclass `kind`.
+
+    Every section of a config is read through a dataclass, so a misspelt key is
+    an error naming the section and the key, never a value silently ignored.
+    """
+    values: Any = config
+    for depth, name in enumerate(path):
+        values = section(values, name) if depth == 0 else _subsection(values, path[: depth + 1])
     try:
-        return kind(**values)
+        return kind(**dict(values))
     except TypeError as exc:
-        raise BadInput(f"config section {stage}.{name}: {exc}") from None
+        raise BadInput(f"config section {'.'.join(path)}: {exc}") from None
+
+
+def _subsection(parent: dict[str, Any], path: Sequence[str]) -> dict[str, Any]:
+    value = parent.get(path[-1]) or {}
+    if not isinstance(value, dict):
+        raise BadInput(f"config section {'.'.join(path)} must be a mapping")
+    return value
