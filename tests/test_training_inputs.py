@@ -9,7 +9,7 @@ from training.data.datasets import training_dataset
 
 
 def config(**data) -> dict:
-    return {"scale": 4, "normalisation": "percentile:2,98",
+    return {"output_dir": "runs/unused", "scale": 4, "normalisation": "percentile:2,98",
             "data": {"folder": "resources/sample", "crop": 64, "length": 8, "degraded_fraction": 1.0, **data}}
 
 

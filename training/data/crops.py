@@ -22,8 +22,8 @@ crops from the manifest's single-band files (every Sentinel-2 and Landsat 8
 band), replicated to the model's three channels as the engine feeds every
 non-RGB band; `degradation` picks the chain for degraded items: Real-ESRGAN's
 (`realesrgan`), the sensor chain of `training.data.sensor_degradation` (`sensor`),
-or either with equal chance (`mix`). `dataset_options` reads them from a
-config's `data` section.
+or either with equal chance (`mix`). `CropSettings` holds the defaults of
+these and of the other sampling keys, shared with a config's `data` section.
 """
 
 from __future__ import annotations
@@ -187,20 +187,47 @@ def make_lr(hr: torch.Tensor, scale: int, kind: str, generator: torch.Generator,
     raise ValueError(f"unknown LR kind {kind!r}; use one of {', '.join(LR_KINDS)}")
 
 
-def dataset_options(data: dict, manifest: Optional[Path] = None) -> dict:
-    """CropDataset keyword arguments from a config's `data` section (keys exclude_sensors,
-    single_band_fraction, degradation); their absence gives the defaults, under which recipes replay.
+@dataclass(frozen=True)
+class CropSettings:
+    """How training crops are drawn: `CropDataset`'s defaults and the sampling keys of a config's data section.
+
+    The remote-sensing options (degradation, single_band_fraction,
+    exclude_sensors) default to off, so recipes that predate them replay item
+    for item.
+    """
+
+    crop: int = 128
+    length: int = 10_000
+    seed: int = 0
+    degraded_fraction: float = 0.0
+    degradation: str = "realesrgan"
+    """The chain of degraded items, one of DEGRADATIONS."""
+    single_band_fraction: float = 0.0
+    exclude_sensors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {self.degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+        for name in ("degraded_fraction", "single_band_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name)} is not between 0 and 1")
+        if self.crop < 1 or self.length < 1:
+            raise ValueError(f"crop and length must be at least 1, not {self.crop} and {self.length}")
+
+
+def dataset_options(data: CropSettings | dict, manifest: Optional[Path] = None) -> dict:
+    """CropDataset keyword arguments for the remote-sensing options of `data` (CropSettings, or a mapping of
+    its keys: exclude_sensors, single_band_fraction, degradation).
 
     `manifest` holds the single-band files `single_band_fraction` draws from.
     """
-    fraction = float(data.get("single_band_fraction", 0.0))
-    excluded = tuple(data.get("exclude_sensors") or ())
-    if fraction > 0 and manifest is None:
+    settings = data if isinstance(data, CropSettings) else CropSettings(**data)
+    if settings.single_band_fraction > 0 and manifest is None:
         raise ValueError("data.single_band_fraction needs data.manifest (its single-band files); "
                          "run python -m training.data.sources prepare")
-    bands = band_scenes_from_manifest(manifest) if fraction > 0 else []
-    return {"exclude_sensors": excluded, "single_band_fraction": fraction, "band_scenes": bands,
-            "degradation_kind": str(data.get("degradation", "realesrgan"))}
+    bands = band_scenes_from_manifest(manifest) if settings.single_band_fraction > 0 else []
+    return {"exclude_sensors": tuple(settings.exclude_sensors), "single_band_fraction": settings.single_band_fraction,
+            "band_scenes": bands, "degradation_kind": settings.degradation}
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -216,18 +243,17 @@ class CropDataset(torch.utils.data.Dataset):
     files read as three equal channels) instead of `scenes`.
     """
 
-    def __init__(self, scenes: Sequence[SceneRef], *, crop: int = 128, scale: int = 4, role: str = "train",
-                 length: int = 10_000, seed: int = 0, spec: str = DEFAULT_SPEC, degraded_fraction: float = 0.0,
+    def __init__(self, scenes: Sequence[SceneRef], *, crop: int = CropSettings.crop, scale: int = 4,
+                 role: str = "train", length: int = CropSettings.length, seed: int = CropSettings.seed,
+                 spec: str = DEFAULT_SPEC, degraded_fraction: float = CropSettings.degraded_fraction,
                  degradation: DegradationSettings = DegradationSettings(), augment: bool = True,
-                 degradation_kind: str = "realesrgan", sensor: SensorSettings = SensorSettings(),
-                 exclude_sensors: Sequence[str] = (), band_scenes: Sequence[SceneRef] = (),
-                 single_band_fraction: float = 0.0):
+                 degradation_kind: str = CropSettings.degradation, sensor: SensorSettings = SensorSettings(),
+                 exclude_sensors: Sequence[str] = CropSettings.exclude_sensors, band_scenes: Sequence[SceneRef] = (),
+                 single_band_fraction: float = CropSettings.single_band_fraction):
+        CropSettings(crop, length, seed, degraded_fraction, degradation_kind, single_band_fraction,
+                     tuple(exclude_sensors))  # the same checks as a config's data section
         if crop % scale:
             raise ValueError(f"crop {crop} is not a multiple of the scale {scale}")
-        if degradation_kind not in DEGRADATIONS:
-            raise ValueError(f"unknown degradation {degradation_kind!r}; use one of {', '.join(DEGRADATIONS)}")
-        if not 0.0 <= single_band_fraction <= 1.0:
-            raise ValueError(f"single_band_fraction {single_band_fraction} is not between 0 and 1")
         known = {scene.sensor for scene in [*scenes, *band_scenes]}
         unknown = sorted(set(exclude_sensors) - known)
         if unknown:

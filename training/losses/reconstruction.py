@@ -15,7 +15,8 @@ the fallback is named in the run log and in the run's saved config.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +24,43 @@ from torch import nn
 
 from slimdiffsr_qgis.contract import BadInput
 
-from training.losses.adversarial import build_discriminator, discriminator_hinge, generator_hinge
+from training.losses.adversarial import DINO_BACKBONES, build_discriminator, discriminator_hinge, generator_hinge
 from training.losses.perceptual import build_perceptual
+from training.runtime.config import typed
 
-DEFAULT_WEIGHTS = {"l1": 1.0, "mse": 0.0, "perceptual": 2.5, "gan": 0.25}
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The reconstruction terms' weights (a stage's `weights` subsection); the paper's 1, 2.5 and 0.25."""
+
+    l1: float = 1.0
+    mse: float = 0.0
+    perceptual: float = 2.5
+    gan: float = 0.25
 
 
-def describe(weights: dict[str, float]) -> str:
+@dataclass(frozen=True, kw_only=True)
+class ReconstructionSettings:
+    """The keys of a stage section that configure its reconstruction objective."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    lpips_weights: Optional[str] = None
+    dino_folder: Optional[str] = None
+    discriminator_backbone: str = "trained"
+    """"trained": initialised from DINO and trained, as in the paper; "frozen": its heads only."""
+    discriminator_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.discriminator_backbone not in DINO_BACKBONES:
+            raise BadInput(f"discriminator_backbone must be one of {', '.join(DINO_BACKBONES)}, "
+                           f"not {self.discriminator_backbone!r}")
+
+
+def describe(weights: LossWeights) -> str:
     """The weighted sum in words (e.g. "1·mse"), recorded in the product's training log: two runs with the
     same config but another loss cannot be told apart otherwise."""
-    return " + ".join(f"{float(w):g}·{name}" for name, w in weights.items()
-                      if name in DEFAULT_WEIGHTS and float(w) > 0) or "nothing"
+    return " + ".join(f"{getattr(weights, item.name):g}·{item.name}" for item in fields(LossWeights)
+                      if getattr(weights, item.name) > 0) or "nothing"
 
 
 class Reconstruction:
@@ -43,25 +70,24 @@ class Reconstruction:
     to what stands there, e.g. "LPIPS-VGG16 from F" or "fallback ...".
     """
 
-    def __init__(self, settings: dict[str, Any], stage: str = "STAGE", allow_fallbacks: bool = False) -> None:
-        weights = {**DEFAULT_WEIGHTS, **(settings.get("weights") or {})}
-        self.l1_weight = float(weights["l1"])
-        self.mse_weight = float(weights["mse"])
-        self.perceptual_weight = float(weights["perceptual"])
-        self.gan_weight = float(weights["gan"])
+    def __init__(self, settings: ReconstructionSettings | Mapping[str, Any], stage: str = "STAGE",
+                 allow_fallbacks: bool = False) -> None:
+        if not isinstance(settings, ReconstructionSettings):
+            settings = typed(ReconstructionSettings, settings, stage)
+        weights = settings.weights
+        self.l1_weight, self.mse_weight = weights.l1, weights.mse
+        self.perceptual_weight, self.gan_weight = weights.perceptual, weights.gan
         self.notes: list[str] = [f"reconstruction loss: {describe(weights)}"]
         self.pretrained: dict[str, str] = {}
         self.perceptual: Optional[nn.Module] = None
         if self.perceptual_weight > 0:
-            _refuse_fallback(settings.get("lpips_weights"), f"{stage}.lpips_weights", "perceptual (LPIPS)", allow_fallbacks)
-            self.perceptual, self.pretrained["perceptual"] = build_perceptual(settings.get("lpips_weights"))
+            _refuse_fallback(settings.lpips_weights, f"{stage}.lpips_weights", "perceptual (LPIPS)", allow_fallbacks)
+            self.perceptual, self.pretrained["perceptual"] = build_perceptual(settings.lpips_weights)
         self.critic: Optional[nn.Module] = None
         if self.gan_weight > 0:
-            _refuse_fallback(settings.get("dino_folder"), f"{stage}.dino_folder", "gan (DINO discriminator)", allow_fallbacks)
+            _refuse_fallback(settings.dino_folder, f"{stage}.dino_folder", "gan (DINO discriminator)", allow_fallbacks)
             self.critic, self.pretrained["discriminator"] = build_discriminator(
-                settings.get("dino_folder"), int(settings.get("discriminator_width", 64)),
-                str(settings.get("discriminator_backbone", "trained")),
-            )
+                settings.dino_folder, settings.discriminator_width, settings.discriminator_backbone)
         self.notes += [f"{role}: {what}" for role, what in self.pretrained.items()]
         self._pair: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 

@@ -31,6 +31,15 @@ TINY_CROSS_ATTENTION_DIM = 32
 TINY_PROMPT_TOKENS = 4
 
 
+@dataclass(frozen=True)
+class BackboneSettings:
+    """A config's `backbone` section: `source` is a local diffusers folder or "tiny"; `prediction_type`
+    applies to "tiny" only (a folder's scheduler decides its own)."""
+
+    source: str = "tiny"
+    prediction_type: str = "epsilon"
+
+
 @dataclass
 class Backbone:
     """Frozen pretrained parts, plus what the teacher needs to know about the schedule."""

@@ -17,6 +17,7 @@ ablation (Table 7): reconstruction terms only, which needs no SD-2.1.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,16 +30,66 @@ from backend.models import StudentConfig, build, feature_channels, load, save
 
 from training.runtime import entry
 from training.networks.backbone import load_taesd, upsample_bicubic
-from training.runtime.config import allow_fallbacks, product_path, section
+from training.data.datasets import data_settings
+from training.runtime.config import product_path, run_settings, typed_section
+from training.runtime.export import TAKES
 from training.networks.distillation import FeatureAdapters, capture, distillation_terms, init_from_teacher, teacher_modules
 from training.runtime.data_parallel import Processes
-from training.runtime.loop import Task
+from training.runtime.loop import LoopConfig, Task, trainable_state
 from training.losses.statistics import PAPER_BANDWIDTHS
-from training.losses.reconstruction import Reconstruction
+from training.losses.reconstruction import LossWeights, Reconstruction, ReconstructionSettings
 from training.networks.teacher import load_teacher
 
 NO_TEACHER = "none"
 STUDENT_PRESETS = ("paper", "compact", "tiny")
+
+
+@dataclass(frozen=True)
+class StudentWeights(LossWeights):
+    """The student's loss weights: the reconstruction terms and the distillation terms (paper: 1 and 0.1)."""
+
+    feature: float = 1.0
+    mmd: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentSettings(ReconstructionSettings):
+    """The config's `student` section (with the reconstruction keys: weights, lpips_weights, dino_folder, ...)."""
+
+    loop: LoopConfig
+    weights: StudentWeights = field(default_factory=StudentWeights)
+    preset: str = "paper"
+    encoder: Optional[str] = None
+    """The StudentConfig encoder layout ("hr" or "lr"); None: the preset's (or the init file's)."""
+    teacher_weights: str = "default"
+    """The teacher's file; "default": the teacher stage's product; "none": No-Dis."""
+    init: Optional[str] = None
+    """A student weights file to fine-tune from."""
+    config: dict = field(default_factory=dict)
+    """StudentConfig fields changed from the preset or the init file's, e.g. {lr_skip: true}."""
+    distill_taps: Optional[tuple[str, ...]] = None
+    """None: every tap of the student."""
+    distill_tokens: int = 1024
+    mmd_bandwidths: tuple[float, ...] = PAPER_BANDWIDTHS
+    """Multiples of the median pairwise distance, one RBF kernel each."""
+    taesd_folder: Optional[str] = None
+    keep: str = "ema"
+    """The weights the product holds: "ema" (loop.ema_decay must be set) or "generator" (the raw weights)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.preset not in STUDENT_PRESETS:
+            raise BadInput(f"student.preset must be one of {', '.join(STUDENT_PRESETS)}, not {self.preset!r}")
+        if not self.mmd_bandwidths or min(self.mmd_bandwidths) <= 0:
+            raise BadInput(f"student.mmd_bandwidths must be a list of positive numbers (e.g. [1.0]), "
+                           f"not {list(self.mmd_bandwidths)}")
+        unknown = sorted(set(self.config) - {item.name for item in fields(StudentConfig)})
+        if unknown:
+            raise BadInput(f"student.config: {', '.join(unknown)} is not a StudentConfig field")
+        if self.keep not in TAKES:
+            raise BadInput(f"student.keep must be one of {', '.join(TAKES)}, not {self.keep!r}")
+        if self.keep == "ema" and self.loop.ema_decay <= 0:
+            raise BadInput("student.keep is ema but student.loop.ema_decay is 0: set a decay, or keep: generator")
 
 
 class StudentAndAdapters(nn.Module):
@@ -57,20 +108,22 @@ class StudentTask(Task):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        settings = section(config, "student")
-        self.scale = int(config["scale"])
-        self.normalisation = str(config.get("normalisation", "percentile:2,98"))
-        self.data_manifest = str(section(config, "data").get("manifest") or section(config, "data").get("folder") or "given in code")
+        settings = typed_section(StudentSettings, config, "student")
+        run = run_settings(config)
+        data = data_settings(config)
+        self.scale = run.scale
+        self.normalisation = run.normalisation
+        self.data_manifest = data.manifest or data.folder or "given in code"
+        self.keep = settings.keep
         student, origin = self._student(settings)
         self.notes.append(origin)
-        weights = {"feature": 1.0, "mmd": 0.1, **(settings.get("weights") or {})}
-        self.feature_weight, self.mmd_weight = float(weights["feature"]), float(weights["mmd"])
-        self.tokens = int(settings.get("distill_tokens", 1024))
-        self.bandwidths = _bandwidths(settings.get("mmd_bandwidths", PAPER_BANDWIDTHS))
-        self.reconstruction = Reconstruction(settings, "student", allow_fallbacks(config))
+        self.feature_weight, self.mmd_weight = settings.weights.feature, settings.weights.mmd
+        self.tokens = settings.distill_tokens
+        self.bandwidths = settings.mmd_bandwidths
+        self.reconstruction = Reconstruction(settings, "student", run.allow_fallbacks)
         self.critic = self.reconstruction.critic
         self.notes += self.reconstruction.notes
-        teacher_setting = str(settings.get("teacher_weights") or "default")
+        teacher_setting = settings.teacher_weights
         self.teacher = self.estimator = None
         self.init_fraction: Optional[float] = None
         adapters = None
@@ -81,11 +134,11 @@ class StudentTask(Task):
             path = product_path(config, "teacher", None if teacher_setting == "default" else teacher_setting)
             self.teacher, self.estimator, _ = load_teacher(path)
             self.teacher_used = str(path)
-            taps = list(settings.get("distill_taps") or feature_channels(student.config))
+            taps = list(settings.distill_taps or feature_channels(student.config))
             self.teacher_blocks = teacher_modules(self.teacher.unet, taps)
             adapters = FeatureAdapters(feature_channels(student.config), self._teacher_channels(student, taps))
-            if settings.get("init") is None:
-                self._initialise(student, settings.get("taesd_folder"))
+            if settings.init is None:
+                self._initialise(student, settings.taesd_folder)
             kernel = ("one RBF kernel, σ = the median pairwise distance" if self.bandwidths == (1.0,)
                       else f"RBF kernels at σ = {list(self.bandwidths)} x the median pairwise distance")
             self.notes.append(f"distillation: teacher {path}; taps {', '.join(taps)}; MSE + {self.mmd_weight}·MMD² ({kernel})")
@@ -100,16 +153,13 @@ class StudentTask(Task):
         sources = f"the teacher's UNet and TAESD {taesd_folder}" if taesd else "the teacher's UNet (no taesd_folder)"
         self.notes.append(f"student: {self.init_fraction:.2%} of parameters initialised from {sources}")
 
-    def _student(self, settings: dict[str, Any]) -> tuple[nn.Module, str]:
-        changes = dict(settings.get("config") or {})  # any StudentConfig field, e.g. {residual: true}
-        if "encoder" in settings:
-            changes["encoder"] = settings["encoder"]
-        init = settings.get("init")
-        if init:
-            return self._fine_tuned(str(init), changes)
-        preset = settings.get("preset", "paper")
-        if preset not in STUDENT_PRESETS:
-            raise BadInput(f"student.preset must be one of {', '.join(STUDENT_PRESETS)}, not {preset!r}")
+    def _student(self, settings: StudentSettings) -> tuple[nn.Module, str]:
+        changes = dict(settings.config)
+        if settings.encoder is not None:
+            changes["encoder"] = settings.encoder
+        if settings.init:
+            return self._fine_tuned(settings.init, changes)
+        preset = settings.preset
         config = _changed(getattr(StudentConfig, preset)(self.scale), changes)
         return build(config), (f"student: new {preset} x{self.scale} student, {config.encoder} encoder layout"
                                f"{', bicubic residual' if config.residual else ''}{', LR skip' if config.lr_skip else ''}")
@@ -177,6 +227,9 @@ class StudentTask(Task):
         return self.reconstruction.critic_terms()
 
     def export(self, directory: Path, weights: dict[str, torch.Tensor], provenance: dict[str, str]) -> Path:
+        """The student of `weights` (the EMA) or of the live raw weights, as `student.keep` says."""
+        if self.keep == "generator":
+            weights = trainable_state(self.generator)
         student = copy.deepcopy(self.generator.student).cpu()
         prefix = "student."
         student.load_state_dict({k[len(prefix):]: v.cpu() for k, v in weights.items() if k.startswith(prefix)})
@@ -187,6 +240,7 @@ class StudentTask(Task):
             "data": self.data_manifest,
             "teacher": self.teacher_used,
             "training_log": " | ".join(self.notes),
+            "weights_taken": f"{self.keep} of the last step",
         }
         if self.init_fraction is not None:
             meta["teacher_init_fraction"] = f"{self.init_fraction:.4f}"
@@ -201,17 +255,6 @@ def _lineage(init: str, meta: dict[str, str]) -> str:
     earlier = meta.get("training_log", "")
     lineage = f"sha256 {file_sha256(init)[:16]}{', ' + record if record else ''}"
     return f"{lineage}; its log: {earlier}" if earlier else lineage
-
-
-def _bandwidths(value: Any) -> tuple[float, ...]:
-    """student.mmd_bandwidths: a non-empty list of positive multiples of the median distance."""
-    try:
-        bandwidths = tuple(float(b) for b in value)
-    except (TypeError, ValueError):
-        bandwidths = ()
-    if not bandwidths or min(bandwidths) <= 0:
-        raise BadInput(f"student.mmd_bandwidths must be a list of positive numbers (e.g. [1.0]), not {value!r}")
-    return bandwidths
 
 
 def _changed(config: StudentConfig, changes: dict[str, Any]) -> StudentConfig:

@@ -10,18 +10,19 @@ noise-level predictor and the discriminator train.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
 from training.runtime import entry
-from training.networks.backbone import load_backbone, upsample_bicubic
-from training.runtime.config import allow_fallbacks, product_path, section, settings
+from training.networks.backbone import BackboneSettings, load_backbone, upsample_bicubic
+from training.runtime.config import product_path, run_settings, typed_section
 from training.runtime.data_parallel import Processes
-from training.runtime.loop import Task
+from training.runtime.loop import LoopConfig, Task
 from training.losses.statistics import total_variation
-from training.losses.reconstruction import Reconstruction
+from training.losses.reconstruction import Reconstruction, ReconstructionSettings
 from training.networks.teacher import Teacher, TeacherConfig, save_teacher
 from training.networks.uncertainty_estimator import load_uncertainty
 
@@ -34,6 +35,17 @@ TIME_NOTES = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class TeacherSettings(ReconstructionSettings):
+    """The config's `teacher` section (with the reconstruction keys: weights, lpips_weights, dino_folder, ...)."""
+
+    loop: LoopConfig
+    uncertainty_weights: Optional[str] = None
+    """The stage-0 estimator; None: the uncertainty stage's product."""
+    model: TeacherConfig = field(default_factory=TeacherConfig)
+    tv_weight: float = 0.01
+
+
 class TeacherTask(Task):
     """LoRA fine-tuning of the diffusion backbone into a one-step SR teacher."""
 
@@ -41,16 +53,17 @@ class TeacherTask(Task):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        options = section(config, "teacher")
-        backbone_section = section(config, "backbone")
-        self.backbone = load_backbone(backbone_section.get("source", "tiny"), backbone_section.get("prediction_type", "epsilon"))
-        estimator_path = product_path(config, "uncertainty", options.get("uncertainty_weights"))
+        options = typed_section(TeacherSettings, config, "teacher")
+        source = typed_section(BackboneSettings, config, "backbone")
+        self.backbone = load_backbone(source.source, source.prediction_type)
+        estimator_path = product_path(config, "uncertainty", options.uncertainty_weights)
         self.estimator = load_uncertainty(estimator_path)
-        self.scale = int(config["scale"])
-        self.teacher_config = settings(TeacherConfig, config, "teacher", "model")
+        run = run_settings(config)
+        self.scale = run.scale
+        self.teacher_config = options.model
         self.generator = Teacher(self.backbone, self.teacher_config)
-        self.tv_weight = float(options.get("tv_weight", 0.01))
-        self.reconstruction = Reconstruction(options, "teacher", allow_fallbacks(config))
+        self.tv_weight = options.tv_weight
+        self.reconstruction = Reconstruction(options, "teacher", run.allow_fallbacks)
         self.critic = self.reconstruction.critic
         self.pretrained = {"backbone": self.backbone.source, **self.reconstruction.pretrained}
         trainable = sum(p.numel() for p in self.generator.parameters() if p.requires_grad)

@@ -8,6 +8,7 @@ estimator learns in the same latent space the teacher will use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -15,11 +16,19 @@ import torch
 from safetensors.torch import save_file
 
 from training.runtime import entry
-from training.networks.backbone import encode_latent, load_backbone, upsample_bicubic
-from training.runtime.config import section, settings
+from training.networks.backbone import BackboneSettings, encode_latent, load_backbone, upsample_bicubic
+from training.runtime.config import run_settings, typed_section
 from training.runtime.data_parallel import Processes
-from training.runtime.loop import Task
+from training.runtime.loop import LoopConfig, Task
 from training.networks.uncertainty_estimator import UncertaintyConfig, UncertaintyEstimator, uncertainty_nll
+
+
+@dataclass(frozen=True)
+class UncertaintySettings:
+    """The config's `uncertainty` section."""
+
+    loop: LoopConfig
+    model: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
 
 class UncertaintyTask(Task):
@@ -29,13 +38,13 @@ class UncertaintyTask(Task):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        backbone_section = section(config, "backbone")
-        backbone = load_backbone(backbone_section.get("source", "tiny"), backbone_section.get("prediction_type", "epsilon"))
+        source = typed_section(BackboneSettings, config, "backbone")
+        backbone = load_backbone(source.source, source.prediction_type)
         self.notes += backbone.notes
         self.pretrained = {"backbone": backbone.source}
-        self.scale = int(config["scale"])
+        self.scale = run_settings(config).scale
         self.vae = backbone.vae.requires_grad_(False).eval()
-        model = settings(UncertaintyConfig, config, "uncertainty", "model")
+        model = typed_section(UncertaintySettings, config, "uncertainty").model
         model.latent_channels = int(self.vae.config.latent_channels)
         self.model_config = model
         self.generator = UncertaintyEstimator(model)
