@@ -1,1 +1,1 @@
-"""Scoring SR outputs: image-quality metrics and the evaluation report."""
+"""Scoring SR outputs: LR making, held-out images, the metric set, timing, and the evaluation report."""
