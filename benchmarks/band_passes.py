@@ -40,9 +40,8 @@ from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_rep
                                 gdal_upsample, model_upsampler, publish, rounded_down)
 from training.data.band_files import Grid
 from training.data.crops import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
-from training.data.realesrgan_degradation import bicubic_downsample
+from training.evaluation.lr import make_lr
 from training.evaluation.metrics import psnr_y
-from training.data.sensor_degradation import sensor_degrade
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 CARD_MARKERS = ("<!-- begin: table written by benchmarks.band_passes --card -->",
@@ -68,14 +67,6 @@ def four_band_tiles(manifest: Path, role: str, tile: int) -> Iterator[np.ndarray
         values, missing, _ = reader.read(nir, item.x, item.y, tile, tile)
         if not missing.any():
             yield np.concatenate([item.hr, values[:1]])
-
-
-def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
-    """The LR of a [C, H, W] HR tile: clean bicubic or the sensor chain seeded by `seed`."""
-    batch = torch.from_numpy(hr)[None]
-    if kind == "clean":
-        return bicubic_downsample(batch, scale).clamp(0, 1)[0].numpy()
-    return sensor_degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
 
 
 def methods_for(scale: int, weights: Optional[Path], consistency: bool = False) -> dict[str, Upsampler]:

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from backend.models import load
 from backend.models.error_head import load_head, predict_error
 from backend.models.weights import file_sha256
-from benchmarks.quality import DEGRADATION_SEED, LR_KINDS, make_lr, model_upsampler
+from benchmarks.quality import model_upsampler
 from training.data.crops import evaluation_tiles, scenes_from_manifest
+from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
 
 BLOCK = 16
 MEDIAN_OF_B = math.log(2.0)

@@ -3,12 +3,15 @@
 On the manifest's test blocks (validation blocks with `--role validation`, the
 ones to choose a recipe on; one sensor family's only with `--sensors`, which
 scores a model trained with `data.exclude_sensors` on the family it never
-saw), every HR tile is downsampled to LR in two ways: clean antialiased
-bicubic, and the Real-ESRGAN degradation with a fixed seed per tile (and a
-third with `--sensor-lr`: the sensor chain of `training.data.sensor_degradation`). Each LR is brought back to HR size by GDAL cubic and lanczos
-resampling (gdal.Translate on an in-memory dataset: what a QGIS user would do
-otherwise), by the student weights (`--weights`, run through the engine's
-tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
+saw), every HR tile (every block whole with `--whole`, the paper's protocol)
+is downsampled to LR in two ways: clean antialiased bicubic, and the
+Real-ESRGAN degradation with a fixed seed per tile (and a third with
+`--sensor-lr`: the sensor chain of `training.data.sensor_degradation`), by
+`training.evaluation.lr`, and scored by `training.evaluation.scoring`, as
+training's own report is. Each LR is brought back to HR size by GDAL cubic
+and lanczos resampling (gdal.Translate on an in-memory dataset: what a QGIS
+user would do otherwise), by the student weights (`--weights`, run through
+the engine's tiled inference) and by the reference CNN (`--reference`). PSNR-Y and SSIM-Y
 (border = scale) are averaged per sensor over its tiles; NIQE is scored once
 per sensor on the pooled 96 px patches of its tiles. "overall" averages the
 sensors with equal weight (NIQE pooled over all tiles). With `--weights`, a
@@ -25,10 +28,8 @@ import argparse
 import math
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,31 +37,18 @@ from osgeo import gdal
 
 from backend.engine import RGB_PASS, super_resolve_array
 from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
-from training.data.crops import DEFAULT_SPEC, evaluation_tiles, scenes_from_manifest
-from training.data.realesrgan_degradation import bicubic_downsample, degrade
-from training.data.sensor_degradation import sensor_degrade
-from training.evaluation.metrics import NiqeModel, niqe_features, niqe_score, psnr_y, ssim_y
+from training.data.crops import DEFAULT_SPEC, scenes_from_manifest
+from training.evaluation.images import held_out_images
+from training.evaluation.lr import DEGRADATION_SEED, EVALUATION_LR_KINDS, LR_KINDS
+from training.evaluation.metrics import NiqeModel, niqe_score
+from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, score_images
 
 gdal.UseExceptions()
 
-Upsampler = Callable[[np.ndarray], np.ndarray]
-LR_KINDS = ("clean", "degraded")
-# With --sensor-lr, a third LR kind: the sensor chain of training.data.sensor_degradation.
-SENSOR_LR = "sensor"
-DEGRADATION_SEED = 2021
 OVERALL = "overall"
 CONSISTENCY_SUFFIX = " + consistency"
 CARD_BEGIN = "<!-- begin: table written by benchmarks.quality --card -->"
 CARD_END = "<!-- end: table written by benchmarks.quality --card -->"
-
-
-@dataclass
-class Scores:
-    """Per (LR kind, method, sensor): PSNR and SSIM of each tile and the pooled NIQE features."""
-
-    psnr: list
-    ssim: list
-    features: list
 
 
 def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
@@ -88,60 +76,40 @@ def model_upsampler(model: torch.nn.Module, consistency: bool = False,
                                             passes=passes, consistency=consistency)
 
 
-def make_lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
-    """The LR of one HR tile: clean bicubic, the Real-ESRGAN degradation or the sensor chain, seeded by `seed`."""
-    batch = torch.from_numpy(hr)[None]
-    if kind == "clean":
-        return bicubic_downsample(batch, scale).clamp(0, 1)[0].numpy()
-    if kind == SENSOR_LR:
-        return sensor_degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
-    return degrade(batch, scale, torch.Generator().manual_seed(seed))[0].numpy()
-
-
 def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_model: NiqeModel,
              role: str = "test", tile: int = 384, sensors: Optional[Sequence[str]] = None,
-             kinds: Sequence[str] = LR_KINDS) -> dict[tuple[str, str, str], Scores]:
+             kinds: Sequence[str] = LR_KINDS, whole: bool = False) -> dict[ScoreKey, Scores]:
     """Scores keyed by (LR kind, method, sensor) over the `role` tiles of the manifest's scenes (of `sensors`
-    only, when given: the held-out family of the leave-one-family-out protocol)."""
-    scores: dict[tuple[str, str, str], Scores] = defaultdict(lambda: Scores([], [], []))
-    scenes = scenes_from_manifest(manifest, sensors)
-    for index, item in enumerate(evaluation_tiles(scenes, role=role, tile=tile)):
-        hr = torch.from_numpy(item.hr)
-        for kind in kinds:
-            lr = make_lr(item.hr, scale, kind, DEGRADATION_SEED + index)
-            for name, upsample in methods.items():
-                output = torch.from_numpy(np.clip(upsample(lr), 0.0, 1.0))
-                entry = scores[(kind, name, item.sensor)]
-                entry.psnr.append(psnr_y(output, hr, border=scale))
-                entry.ssim.append(ssim_y(output, hr, border=scale))
-                entry.features.append(niqe_features(output, niqe_model, border=scale))
-    return scores
+    only, when given: the held-out family of the leave-one-family-out protocol); over each block whole
+    with `whole`, the paper's protocol."""
+    images = held_out_images(scenes_from_manifest(manifest, sensors), role, scale, tile, whole)
+    return score_images(images, methods, scale, kinds, MetricSet(niqe=niqe_model))
 
 
-def kinds_of(scores: dict[tuple[str, str, str], Scores]) -> list[str]:
+def kinds_of(scores: dict[ScoreKey, Scores]) -> list[str]:
     """The LR kinds scored, in table order."""
     found = {kind for kind, _, _ in scores}
-    return [kind for kind in (*LR_KINDS, SENSOR_LR) if kind in found]
+    return [kind for kind in EVALUATION_LR_KINDS if kind in found]
 
 
-def sensors_of(scores: dict[tuple[str, str, str], Scores]) -> list[str]:
+def sensors_of(scores: dict[ScoreKey, Scores]) -> list[str]:
     """The sensors scored, in table order."""
     return sorted({sensor for _, _, sensor in scores})
 
 
-def sensor_rows(scores: dict[tuple[str, str, str], Scores]) -> list[tuple[str, str]]:
+def sensor_rows(scores: dict[ScoreKey, Scores]) -> list[tuple[str, str]]:
     """(sensor, row label) for each sensor and then the bold "overall" row, shared by both tables."""
     return [(sensor, sensor) for sensor in sensors_of(scores)] + [(OVERALL, f"**{OVERALL}**")]
 
 
-def mean_psnr(scores: dict[tuple[str, str, str], Scores], kind: str, method: str, sensor: str) -> float:
+def mean_psnr(scores: dict[ScoreKey, Scores], kind: str, method: str, sensor: str) -> float:
     """PSNR-Y of `method` over `sensor`'s tiles; for "overall", the equal-weight mean of the sensors."""
     if sensor == OVERALL:
         return float(np.mean([mean_psnr(scores, kind, method, s) for s in sensors_of(scores)]))
     return float(np.mean(scores[(kind, method, sensor)].psnr))
 
 
-def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeModel, methods: Sequence[str],
+def format_table(scores: dict[ScoreKey, Scores], niqe_model: NiqeModel, methods: Sequence[str],
                  scale: int, role: str) -> str:
     """One Markdown table: rows per LR kind, sensor (and overall), method."""
     sensors = sensors_of(scores)
@@ -160,7 +128,7 @@ def format_table(scores: dict[tuple[str, str, str], Scores], niqe_model: NiqeMod
     return "\n".join(lines) + "\n"
 
 
-def format_margins(scores: dict[tuple[str, str, str], Scores], student: str, baselines: Sequence[str]) -> str:
+def format_margins(scores: dict[ScoreKey, Scores], student: str, baselines: Sequence[str]) -> str:
     """The student's PSNR-Y lead over each baseline, per LR kind and sensor, to 3 decimals.
 
     Acceptance bars are stated as these differences; at the main table's
@@ -301,6 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "Poisson-Gaussian noise, JPEG2000; training/data/sensor_degradation.py)")
     parser.add_argument("--consistency", action="store_true",
                         help="also score the student with the consistency option (back-projection to the LR)")
+    parser.add_argument("--whole", action="store_true",
+                        help="score each held-out block whole instead of --tile tiles (the paper's protocol)")
     add_report_arguments(parser)
     args = parser.parse_args(argv)
     check_card_argument(args.card)
@@ -314,16 +284,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     niqe_model = NiqeModel(args.niqe or args.data.parent / "niqe_pris_params.npz")
     methods = build_methods(args.scale, args.weights, args.reference, args.consistency)
     start = time.monotonic()
-    kinds = (*LR_KINDS, SENSOR_LR) if args.sensor_lr else LR_KINDS
+    kinds = EVALUATION_LR_KINDS if args.sensor_lr else LR_KINDS
     scores = evaluate(args.data, methods, args.scale, niqe_model, role=args.role, tile=args.tile,
-                      sensors=args.sensors, kinds=kinds)
+                      sensors=args.sensors, kinds=kinds, whole=args.whole)
     table = format_table(scores, niqe_model, list(methods), args.scale, args.role)
+    images = "blocks whole" if args.whole else f"tiles {args.tile} px"
     if args.weights:
         student = student_label(args.weights)
         table += "\n" + format_margins(scores, student, [m for m in methods if m != student])
     table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation"
               f"{'; sensor = training.data.sensor_degradation' if args.sensor_lr else ''}, seed "
-              f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
+              f"{DEGRADATION_SEED} + tile index. HR {images}, normalised per scene (2-98 %).\n"
               f"Command: python -m benchmarks.quality {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     publish(table, args, start)
     return 0

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from backend.models.error_head import load_head, predict_error
 from backend.models.weights import file_sha256
 from benchmarks.calibration import student_outputs
-from benchmarks.quality import LR_KINDS
+from training.evaluation.lr import LR_KINDS
 
 LABEL_HEIGHT = 18
 ZOOM = 2

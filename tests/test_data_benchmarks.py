@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.quality import (CARD_BEGIN, CARD_END, LR_KINDS, Scores, embed_in_card, evaluate, format_margins,
-                                format_table, gdal_upsample, make_lr)
+from benchmarks.quality import CARD_BEGIN, CARD_END, embed_in_card, evaluate, format_margins, format_table, gdal_upsample
 from benchmarks.reference_cnn import ReferenceCNN, load_reference, save_reference
 from rasters import smooth_image, write_raster
+from training.evaluation.lr import LR_KINDS, make_lr
 from training.evaluation.metrics import NiqeModel
+from training.evaluation.scoring import Scores
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from benchmarks import band_passes, real_pairs
-from benchmarks.quality import LR_KINDS, SENSOR_LR, evaluate as quality_evaluate, format_table, gdal_upsample
+from benchmarks.quality import evaluate as quality_evaluate, format_table, gdal_upsample
 from plugin_fixtures import write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
+from training.evaluation.lr import LR_KINDS, SENSOR_LR
 from training.evaluation.metrics import NiqeModel
 
 torch.set_num_threads(1)
