@@ -2,7 +2,10 @@
 
 Run: .venv/bin/python -m benchmarks.speed [--repeats 3] [--threads N] [--device cuda --dtype float16]
 All models run in one process on the same input, interleaved, so background load
-hits them alike; each figure is the fastest of the repeats (the least disturbed run).
+hits them alike; each figure is the fastest of the repeats (the least disturbed run),
+where training's report (`training.evaluation.timing.seconds_per_output`) takes
+the median of one model's repeats: this table ranks models against each other
+under the same load. Both time a pass with `training.evaluation.timing.forward_seconds`.
 Weights are random: speed does not depend on them. GMACs are counted from a forward
 pass on the meta device (torch.utils.flop_counter; a MAC is two FLOPs).
 """
@@ -10,9 +13,7 @@ pass on the meta device (torch.utils.flop_counter; a MAC is two FLOPs).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import time
 from typing import Callable
 
 import torch
@@ -23,8 +24,8 @@ from backend.models import StudentConfig, build
 from backend.models.bicubic import BicubicUpscaler
 from benchmarks.reference_cnn import ReferenceCNN
 from benchmarks.rrdbnet import RRDBNet
+from training.evaluation.timing import TIMED_SIDE, forward_seconds
 
-OUTPUT_SIZE = 512
 SCALE = 4
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,21 +57,6 @@ def gmacs(make: Callable[[], nn.Module], lr_size: int) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def timed(model: nn.Module, lr: torch.Tensor, device: torch.device, dtype: torch.dtype) -> float:
-    """Wall seconds of one forward pass (synchronised on CUDA)."""
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.inference_mode(), autocast:
-        model(lr)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -82,7 +68,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    lr_size = OUTPUT_SIZE // SCALE
+    lr_size = TIMED_SIDE // SCALE
     lr = torch.rand(1, 3, lr_size, lr_size, device=device)
 
     rows = []
@@ -91,22 +77,22 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows.append([label, model, lr.contiguous(memory_format=layout), params, gmacs(make, lr_size), []])
     for _, model, model_input, *_ in rows:
-        timed(model, model_input, device, dtype)  # warm-up: allocator, oneDNN/cuDNN kernel choice
+        forward_seconds(model, model_input, dtype)  # warm-up: allocator, oneDNN/cuDNN kernel choice
     for _ in range(args.repeats):
         for _, model, model_input, _, _, times in rows:
-            times.append(timed(model, model_input, device, dtype))
+            times.append(forward_seconds(model, model_input, dtype))
 
     reference = min(min(row[5]) for row in rows if row[0].startswith("RRDBNet"))
     print(
-        f"x{SCALE}, {lr_size}x{lr_size} -> {OUTPUT_SIZE}x{OUTPUT_SIZE}, device={device}, dtype={args.dtype}, "
+        f"x{SCALE}, {lr_size}x{lr_size} -> {TIMED_SIDE}x{TIMED_SIDE}, device={device}, dtype={args.dtype}, "
         f"threads={torch.get_num_threads()}, best of {args.repeats}; 'vs RRDBNet' is against its faster layout"
     )
-    print(f"{'model':<40} {'params':>9} {'GMACs':>8} {f's/{OUTPUT_SIZE}^2':>9} {'out MP/s':>9} {'vs RRDBNet':>10}")
+    print(f"{'model':<40} {'params':>9} {'GMACs':>8} {f's/{TIMED_SIDE}^2':>9} {'out MP/s':>9} {'vs RRDBNet':>10}")
     for label, _, _, params, macs, times in rows:
         best = min(times)
         print(
             f"{label:<40} {params / 1e6:8.2f}M {macs:8.1f} {best:9.3f} "
-            f"{OUTPUT_SIZE * OUTPUT_SIZE / 1e6 / best:9.3f} {reference / best:9.2f}x"
+            f"{TIMED_SIDE * TIMED_SIDE / 1e6 / best:9.3f} {reference / best:9.2f}x"
         )
 
 
