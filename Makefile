@@ -49,6 +49,18 @@ train-tiny: $(STAMP)
 	$(PY) -m training.evaluation.report --config $(TINY) --out-dir runs/tiny_cpu
 	cat runs/tiny_cpu/evaluation/evaluation.md
 
+# The shipped weights' recipes replayed step by step from training/configs/recipe_x4/ (ten fine-tunes, each from
+# the previous step's product, with its own budget: about 18 CPU-hours on a 2-core machine) and recipe_x2/ (one
+# half-hour fine-tune of the shipped x4 file). Rerunning continues: finished steps are skipped, an interrupted one
+# resumes from its checkpoint. Products: runs/recipe_x4/10_mse_degraded70/student/student.safetensors and
+# runs/recipe_x2/01_mse_from_x4/student/student.safetensors.
+.PHONY: recipe-x4 recipe-x2
+recipe-x4: data
+	$(PY) -m training.runtime.recipe training/configs/recipe_x4
+
+recipe-x2: data
+	$(PY) -m training.runtime.recipe training/configs/recipe_x2
+
 # Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
 .PHONY: bench-params bench-speed bench-seam bench-memory bench-throughput real-pairs band-passes
 WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors

@@ -12,7 +12,7 @@ from backend.models import StudentConfig, build, load, save
 from training.stages import student as train_student
 from training.stages import teacher as train_teacher
 from training.stages import uncertainty as train_uncertainty
-from training.runtime.entry import run_stage
+from training.runtime.entry import BUDGET_REACHED, run_stage
 from training.runtime.config import load_config, loop_config, section
 from training.runtime.loop import LoopConfig, lr_factor
 from training.runtime.records import read_losses
@@ -120,6 +120,28 @@ def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues
     second = run(config, "uncertainty")
     assert (second.step, second.finished) == (3, True)
     assert second.product.is_file()
+
+
+def test_the_configs_budget_applies_when_the_command_line_gives_none(tmp_path):
+    arguments = ["--config", str(TINY_CONFIG), "--out", str(tmp_path), "--set", "student.teacher_weights=none",
+                 "--set", "student.weights={l1: 1.0, perceptual: 0.0, gan: 0.0}", "--set", "student.loop.steps=3",
+                 "--set", "max_minutes=0"]
+    assert train_student.main(arguments) == BUDGET_REACHED
+    assert [p.name for p in (tmp_path / "student" / "checkpoints").iterdir()] == ["step_1"]
+    assert train_student.main([*arguments, "--max-minutes", "60"]) == 0, "the command line's budget wins"
+    assert read_losses(tmp_path / "student" / "losses.csv")[-1]["step"] == 3
+
+
+def test_the_product_holds_the_raw_weights_when_the_config_keeps_them(tmp_path):
+    config = tiny_config(tmp_path, "student.loop.steps=2", "student.teacher_weights=none", "student.keep=generator",
+                         "student.loop.ema_decay=0.5")
+    model = load(run(config, "student").product)
+    checkpoint = tmp_path / "student" / "checkpoints" / "step_2"
+    raw, ema = (load_file(str(checkpoint / f"{take}.safetensors")) for take in ("generator", "ema"))
+    state = {f"student.{name}": tensor for name, tensor in model.state_dict().items()}
+    assert all(torch.equal(state[name], tensor) for name, tensor in raw.items() if name in state)
+    assert any(not torch.equal(state[name], tensor) for name, tensor in ema.items() if name in state)
+    assert model.meta["weights_taken"] == "generator of the last step"
 
 
 def test_no_dis_student_trains_without_a_teacher_and_says_so(tmp_path):
