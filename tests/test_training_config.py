@@ -3,7 +3,9 @@ by name, `base:` merges configs, and the recipe folders chain each step to the p
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import typing
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,8 @@ from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import CropDataset
 from training.data.datasets import DataSettings
 from training.runtime import recipe
-from training.runtime.config import load_config, run_settings, typed_section
-from training.runtime.schema import check_config
+from training.runtime.config import RunSettings, load_config, run_settings, typed_section
+from training.runtime.schema import SECTIONS, check_config
 from training.stages.student import StudentSettings
 
 CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -34,11 +36,17 @@ def test_every_shipped_config_loads_and_passes_the_check(path):
     assert "base" not in config
 
 
+def test_every_section_the_top_level_accepts_is_checked_by_its_own_dataclass():
+    hints = typing.get_type_hints(RunSettings)
+    sections = {item.name for item in dataclasses.fields(RunSettings) if hints[item.name] == typing.Optional[dict]}
+    assert sections == set(SECTIONS)
+
+
 @pytest.mark.parametrize("key", [
     "outptu_dir", "data.degraded_fracton", "backbone.sorce", "uncertainty.modle", "uncertainty.model.widht",
     "uncertainty.loop.stpes", "teacher.tv_wieght", "teacher.model.unet_lora_rnak", "teacher.weights.l2",
     "teacher.loop.critic_rl", "student.wieghts", "student.weights.mmdd", "student.loop.ema_decya",
-    "student.config.lr_skp",
+    "student.config.lr_skp", "evaluate.limt",
 ])
 def test_a_misspelt_key_in_any_section_is_refused_by_name(key):
     with pytest.raises(BadInput, match=key.rsplit(".", 1)[-1]) as refused:

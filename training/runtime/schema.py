@@ -3,7 +3,7 @@
 Each dataclass lives next to the code it configures; a stage reads its own
 sections when it runs, and `check_config` reads all of them before any stage
 starts, so a misspelt key in the teacher's section cannot wait behind a long
-uncertainty run. The evaluate section is read by `training.evaluation.report`.
+uncertainty run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from training.data.datasets import DataSettings
+from training.evaluation.report import EvaluateSettings
 from training.networks.backbone import BackboneSettings
 from training.runtime.config import run_settings, typed_section
 from training.stages.student import StudentSettings
@@ -23,6 +24,7 @@ SECTIONS = {
     "uncertainty": UncertaintySettings,
     "teacher": TeacherSettings,
     "student": StudentSettings,
+    "evaluate": EvaluateSettings,
 }
 
 
