@@ -18,7 +18,7 @@ from pathlib import Path
 
 from backend.models import read_metadata
 
-STAGES = ("train_uncertainty", "train_teacher", "train_student", "evaluate")
+STAGES = ("stages.uncertainty", "stages.teacher", "stages.student", "evaluation.report")
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     shutil.rmtree(args.out, ignore_errors=True)
     timings = []
     for stage in STAGES:
-        out_flag = "--out-dir" if stage == "evaluate" else "--out"
+        out_flag = "--out-dir" if stage == "evaluation.report" else "--out"
         command = [sys.executable, "-m", f"training.{stage}", "--config", args.config, out_flag, args.out]
         start = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
