@@ -13,7 +13,7 @@ from training.stages import student as train_student
 from training.stages import teacher as train_teacher
 from training.stages import uncertainty as train_uncertainty
 from training.runtime.entry import BUDGET_REACHED, run_stage
-from training.runtime.config import load_config, loop_config, section
+from training.runtime.config import load_config, loop_config
 from training.runtime.loop import LoopConfig, lr_factor
 from training.runtime.records import read_losses
 from training_helpers import TINY_CONFIG, FixedPairs, tiny_config
@@ -108,7 +108,7 @@ def test_adamw_decays_weights_unless_told_otherwise():
         config = load_config(PAPER_X4.with_name(f"{name}.yaml"))
         for stage in ("uncertainty", "teacher"):
             assert loop_config(config, stage).optimizer == "adamw"
-            assert section(section(config, stage), "loop")["weight_decay"] == 1e-2, "stated in the file"
+            assert config[stage]["loop"]["weight_decay"] == 1e-2, "stated in the file"
 
 
 def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues(tmp_path):

@@ -103,18 +103,18 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise BadInput(f"training config {path} must be a mapping of sections")
     base = config.pop(BASE_KEY, None)
     if base is None:
-        return copy.deepcopy(config)
+        return config
     if not isinstance(base, str):
         raise BadInput(f"{BASE_KEY} in {path} must be a path relative to that file, not {base!r}")
-    return deep_merge(_read_with_bases(path.parent / base, (*seen, path.resolve())), config)
+    return _deep_merge(_read_with_bases(path.parent / base, (*seen, path.resolve())), config)
 
 
-def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """`base` with `changes` applied: mappings merge key by key, any other value replaces the base's."""
     merged = copy.deepcopy(dict(base))
     for key, value in changes.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+            merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -123,14 +123,6 @@ def deep_merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str,
 def run_settings(config: Mapping[str, Any]) -> RunSettings:
     """The config's top level; an unknown key (a misspelt section too) is a BadInput naming it."""
     return typed(RunSettings, config, "")
-
-
-def section(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """A top-level section as a raw mapping (empty dict when absent); read it with `typed_section` instead."""
-    value = config.get(name) or {}
-    if not isinstance(value, dict):
-        raise BadInput(f"config section {name!r} must be a mapping")
-    return value
 
 
 def stage_dir(config: dict[str, Any], stage: str) -> Path:
