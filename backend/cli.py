@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Optional, Sequence
 
 from slimdiffsr_qgis.contract import BadInput, Cancelled, SlimDiffSRError
-from slimdiffsr_qgis.contract import DEFAULT_CONSISTENCY, DEVICES, SUPPORTED_SCALES, RunRequest, human_size
+from slimdiffsr_qgis.contract import DEFAULT_CONSISTENCY, DEFAULT_OVERLAP, DEFAULT_TILE, DEVICES, SUPPORTED_SCALES, RunRequest, human_size
 
 log = logging.getLogger("slimdiffsr")
 CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--weights", help="student weights (.safetensors); default: the shipped weights")
     source.add_argument("--model", choices=["bicubic"], help="bicubic: the classical baseline, not super-resolution")
     run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--tile", type=int, default=256, help="tile size in input pixels")
-    run.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels")
+    run.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                     help=f"tile size in input pixels (default {DEFAULT_TILE}: chosen for the raster and device)")
+    run.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="tile overlap in input pixels")
     run.add_argument("--normalisation", help="fixed:LO,HI or percentile:PLO,PHI (default: the weights' own)")
     run.add_argument("--float32", action="store_true", help="write float32 instead of the input's data type")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -53,7 +53,7 @@ from backend.models import StudentConfig, build, load
 from backend.resources import default_weights_path, sample_raster_path
 from benchmarks.rasters import textured_raster
 from benchmarks.seam import read_input
-from benchmarks.speed import timed
+from training.evaluation.timing import forward_seconds
 from slimdiffsr_qgis.contract import RunRequest, human_size
 
 SCALE = 4
@@ -140,8 +140,8 @@ class Check:
         side = self.sizes.output_side // SCALE
         lr = torch.rand(1, 3, side, side, device=self.device).contiguous(memory_format=torch.channels_last)
         runner = torch.compile(model, backend=self.sizes.compile_backend) if compiled else model
-        warm_up = [timed(runner, lr, self.device, torch.float16) for _ in range(self.sizes.warmups)]
-        seconds = statistics.median(timed(runner, lr, self.device, torch.float16)
+        warm_up = [forward_seconds(runner, lr, torch.float16) for _ in range(self.sizes.warmups)]
+        seconds = statistics.median(forward_seconds(runner, lr, torch.float16)
                                     for _ in range(self.sizes.repeats))
         parameters = sum(p.numel() for p in model.parameters())
         note = (f"{parameters / 1e6:.2f} M parameters, random weights; fp16, channels-last; median of "

@@ -46,6 +46,12 @@ LARGEST_INTEGER = 2**31 - 1
 # single bands the model was not trained on (Sentinel-2 NIR over water) it keeps their radiometry; it
 # costs 0.57 dB on synthetic Real-ESRGAN-degraded LR, whose noise it keeps (resources/weights/README.md).
 DEFAULT_CONSISTENCY = True
+# Tile side in LR pixels; left at this value, the engine chooses the side for the window and the device.
+DEFAULT_TILE = 256
+# Tile overlap in LR pixels: tiled output departs from one pass by a mean 0.26/255 along tile borders at 16
+# (0.14/255 at 32, 0.34/255 at 8; docs/performance.md), and each halving of it lets a raster be covered by
+# fewer, larger tiles.
+DEFAULT_OVERLAP = 16
 
 
 class SlimDiffSRError(Exception):
@@ -106,8 +112,8 @@ class RunRequest:
     weights: Optional[str] = None
     model: Optional[str] = None
     device: str = "auto"
-    tile: int = 256
-    overlap: int = 32
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
     normalisation: Optional[str] = None
     output_dtype: str = "same"
     overwrite: bool = False

@@ -13,7 +13,7 @@ from typing import Collection, Optional, Sequence
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsProviderRegistry, QgsRasterLayer, QgsRectangle
 
-from .contract import DEFAULT_CONSISTENCY, RunRequest
+from .contract import DEFAULT_CONSISTENCY, DEFAULT_OVERLAP, DEFAULT_TILE, RunRequest
 
 
 class LayerNotAFile(Exception):
@@ -45,8 +45,8 @@ def crs_text(crs: QgsCoordinateReferenceSystem) -> Optional[str]:
 
 def build_request(*, input_path: str, output_path: str, scale: int, extent: Optional[QgsRectangle] = None,
                   extent_crs: Optional[QgsCoordinateReferenceSystem] = None, bands: Optional[Sequence[int]] = None,
-                  rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = 256,
-                  overlap: int = 32, overwrite: bool = False, consistency: bool = DEFAULT_CONSISTENCY,
+                  rgb: Optional[Sequence[int]] = None, weights: str = "", device: str = "auto", tile: int = DEFAULT_TILE,
+                  overlap: int = DEFAULT_OVERLAP, overwrite: bool = False, consistency: bool = DEFAULT_CONSISTENCY,
                   uncertainty: Optional[str] = None) -> RunRequest:
     """The `run` request, checked by the contract (BadInput names the bad field).
 

@@ -8,12 +8,10 @@ from typing import Optional
 
 from qgis.core import QgsSettings
 
-from .contract import DEVICES
+from .contract import DEFAULT_OVERLAP, DEFAULT_TILE, DEVICES
 from .download_plan import Proxy, proxy_from_qgis
 
 PREFIX = "slimdiffsr/"
-DEFAULT_TILE = 256
-DEFAULT_OVERLAP = 32
 # QGIS's own network settings that first-run set-up hands to pip.
 # What every profile stored as its PyTorch requirement when that was a setting with this default; it
 # never was the user's choice, so it reads as "let set-up choose" (which picks the CPU or CUDA build).

@@ -13,6 +13,7 @@ from backend.models.operators import (
     SelfAttention,
 )
 from backend.models.unet import AttentionBlock, Downsample, PrunedUNet, ResBlock, Upsample
+from backend.models import vae
 from backend.models.vae import NearestUpsampleConv, TinyBlock, TinyDecoder, TinyEncoder
 
 torch.set_num_threads(1)
@@ -73,6 +74,37 @@ def test_decoder_upsamples_eight_times_and_passes_gradients():
     out = decoder(torch.randn(1, 8, 4, 5))
     assert out.shape == (1, 3, 32, 40)
     assert_all_parameters_get_gradients(decoder, out)
+
+
+def test_decoder_tail_in_stripes_equals_one_pass(monkeypatch):
+    """Inference decodes the output-size tail in stripes with a halo; every output row must see what it
+    sees in one pass, including the rows at stripe joins and at the map's own edges."""
+    torch.manual_seed(0)
+    decoder = TinyDecoder(8).eval()
+    features = torch.randn(2, 8, 11, 9)
+    with torch.no_grad():
+        whole = decoder(features)
+        # 8 channels x 2 x 4 x 2*18 per input row of the tail: a budget of 1,600 elements gives stripes of
+        # a few rows, so the 44-row tail input is cut into many stripes of unequal reach.
+        monkeypatch.setattr(vae, "TAIL_STRIPE_ELEMENTS", 1600)
+        striped = decoder(features)
+        monkeypatch.setattr(vae, "TAIL_HALO_ROWS", 1)  # a halo too short for the tail's reach
+        too_short = decoder(features)
+    assert striped.shape == whole.shape == (2, 3, 88, 72)
+    assert torch.allclose(striped, whole, atol=1e-5)
+    assert not torch.allclose(too_short, whole, atol=1e-3), "the halo test must be able to fail"
+
+
+def test_decoder_tail_stripes_only_without_gradients(monkeypatch):
+    decoder = TinyDecoder(8)
+    monkeypatch.setattr(vae, "TAIL_STRIPE_ELEMENTS", 1600)
+    calls = []
+    monkeypatch.setattr(vae, "decode_tail", lambda tail, x: calls.append(x.shape) or tail(x))
+    assert_all_parameters_get_gradients(decoder, decoder(torch.randn(1, 8, 4, 5)))
+    assert calls == []
+    with torch.no_grad():
+        decoder(torch.randn(1, 8, 4, 5))
+    assert calls == [(1, 8, 16, 20)]
 
 
 def test_fresh_encoder_and_decoder_keep_their_features_near_unit_scale():
