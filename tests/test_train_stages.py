@@ -1,5 +1,6 @@
 """Each training stage learns a fixed tiny batch, resumes exactly, and honours its budget and options."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,21 @@ def test_a_wall_clock_budget_stops_with_a_checkpoint_and_the_next_call_continues
     second = run(config, "uncertainty")
     assert (second.step, second.finished) == (3, True)
     assert second.product.is_file()
+
+
+def test_stop_at_finishes_early_on_a_schedule_planned_over_all_steps(tmp_path):
+    """A recipe replays a budget-cut run by its step, not its minutes: the run finishes at `stop_at`
+    while its learning rate follows the cosine planned over `steps`."""
+    config = tiny_config(tmp_path, "uncertainty.loop.steps=4", "uncertainty.loop.stop_at=2",
+                         "uncertainty.loop.lr_decay=cosine")
+    outcome = run(config, "uncertainty")
+    assert (outcome.step, outcome.finished) == (2, True) and outcome.product.is_file()
+    assert [row["step"] for row in read_losses(tmp_path / "uncertainty" / "losses.csv")][-1] == 2
+    loop = loop_config(config, "uncertainty")
+    assert loop.last_step == 2
+    assert lr_factor(loop, 1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4))), "the cosine spans all 4 steps"
+    with pytest.raises(BadInput, match="stop_at"):
+        LoopConfig(steps=4, batch_size=1, lr=1.0, stop_at=5)
 
 
 def test_the_configs_budget_applies_when_the_command_line_gives_none(tmp_path):

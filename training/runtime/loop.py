@@ -61,6 +61,9 @@ class LoopConfig:
     log_every: int = 10
     seed: int = 0
     num_workers: int = 0
+    stop_at: Optional[int] = None
+    """Finish after this step of a schedule planned over `steps`: replays, on any machine, a run that a
+    wall-clock budget once cut short (its learning rate then never reached the end of its cosine)."""
 
     def __post_init__(self) -> None:
         # YAML reads "5e-5" (no dot) as a string; numbers are coerced here so configs may write either.
@@ -83,6 +86,13 @@ class LoopConfig:
             raise BadInput(f"loop setting weight_decay must be a number, not {self.weight_decay!r}") from None
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise BadInput("steps, batch_size and grad_accum must be at least 1")
+        if self.stop_at is not None and not (isinstance(self.stop_at, int) and 1 <= self.stop_at <= self.steps):
+            raise BadInput(f"stop_at must be a step from 1 to steps ({self.steps}), not {self.stop_at!r}")
+
+    @property
+    def last_step(self) -> int:
+        """The step a run finishes at: `stop_at` when set, else the end of its schedule."""
+        return self.steps if self.stop_at is None else self.stop_at
 
 
 class Task:
@@ -201,10 +211,11 @@ def train(
             f"{task.name}: {config.steps} steps, batch {config.batch_size} x {config.grad_accum} accumulation "
             f"x {processes.world_size} processes on {device}, mixed precision {config.mixed_precision}, "
             f"EMA {config.ema_decay or 'off'}"
+            + ("" if config.stop_at is None else f", stopping at step {config.stop_at} of its schedule")
         )
-    progress = tqdm(total=config.steps, initial=step, disable=not processes.is_main, desc=task.name, dynamic_ncols=True)
+    progress = tqdm(total=config.last_step, initial=step, disable=not processes.is_main, desc=task.name, dynamic_ncols=True)
     stream = batches(step, processes.rank)
-    finished = step >= config.steps
+    finished = step >= config.last_step
     while not finished:
         seed_everything(step_seed(config.seed, processes.rank, step))
         totals: dict[str, float] = {}
@@ -232,10 +243,10 @@ def train(
             ema.update(task.generator, step)
         step += 1
         progress.update(1)
-        if step % config.log_every == 0 or step == 1 or step == config.steps:
+        if step % config.log_every == 0 or step == 1 or step == config.last_step:
             table.add({"step": step, "minutes": minutes(), **totals})
             progress.set_postfix({k: f"{v:.4g}" for k, v in totals.items() if not k.startswith("critic")})
-        finished = step >= config.steps
+        finished = step >= config.last_step
         out_of_time = max_minutes is not None and (time.monotonic() - started) / 60 >= max_minutes
         out_of_time = data_parallel.any_rank(out_of_time, processes)
         if finished or out_of_time or step % config.checkpoint_every == 0:
