@@ -15,7 +15,7 @@ from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import CropDataset
 from training.data.datasets import DataSettings
 from training.runtime import recipe
-from training.runtime.config import RunSettings, load_config, run_settings, typed_section
+from training.runtime.config import RunSettings, load_config, run_settings, save_run_config, typed_section
 from training.runtime.schema import SECTIONS, check_config
 from training.stages.student import StudentSettings
 
@@ -174,3 +174,12 @@ def test_a_recipe_replays_its_steps_in_order_and_a_second_call_skips_the_done_on
     stamp = second.stat().st_mtime_ns
     assert recipe.main([str(tmp_path)]) == 0
     assert second.stat().st_mtime_ns == stamp, "a done step is not run again"
+
+
+def test_a_stages_saved_config_reruns_as_a_config(tmp_path):
+    """The config.yaml a stage leaves holds what stood in each pretrained role; it must load again."""
+    config = load_config(CONFIGS / "tiny_cpu.yaml", output_dir=str(tmp_path))
+    saved = save_run_config(config, "student", {"perceptual": "fallback: Laplacian-pyramid L1"})
+    reloaded = load_config(saved)
+    check_config(reloaded)
+    assert reloaded["pretrained"] == {"student": {"perceptual": "fallback: Laplacian-pyramid L1"}}

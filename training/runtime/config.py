@@ -55,6 +55,9 @@ class RunSettings:
     teacher: Optional[dict] = None
     student: Optional[dict] = None
     evaluate: Optional[dict] = None
+    pretrained: Optional[dict[str, dict[str, str]]] = None
+    """What stood in each pretrained role of a stage that ran (`save_run_config`): a record only, read back
+    unchanged, so a run's own config.yaml is a config that reruns it."""
 
     def __post_init__(self) -> None:
         if self.scale not in SUPPORTED_SCALES:
