@@ -74,7 +74,7 @@ def child(input_path: str, output_path: str, weights: str, rows: int) -> None:
     request = RunRequest(input=input_path, output=output_path, weights=weights, scale=4, overwrite=True)
     engine = Engine()
     plan = engine.plan(request)
-    grid = tile_grid(plan.window.width, plan.window.height, request.tile, request.overlap)
+    grid = tile_grid(plan.window.width, plan.window.height, plan.tile, request.overlap)
     rows_total = grid[-1].row + 1
     rows_run = rows_total if rows <= 0 else min(rows, rows_total)
     statistics_steps = plan.steps - plan.tiles * plan.passes
