@@ -297,16 +297,25 @@ def test_the_result_keeps_the_input_band_names_and_colour_interpretation(qgis_if
     assert [provider.colorInterpretationName(band) for band in (1, 2)] == ["Blue", "Red"]
 
 
-def test_scales_without_shipped_weights_are_offered_only_with_a_weights_file(dock, tmp_path):
+def test_scales_without_shipped_weights_are_offered_only_with_a_weights_file(dock, tmp_path, monkeypatch):
     offered = lambda: [dock.scale_combo.itemData(i) for i in range(dock.scale_combo.count())]  # noqa: E731
     assert offered() == list(SUPPORTED_SCALES), "a weights file is chosen"
     dock.weights_widget.setFilePath("")
-    assert offered() == list(shipped_scales()) and 8 not in offered()
+    assert offered() == list(shipped_scales())
+    from slimdiffsr_qgis import dock as dock_module
+
+    monkeypatch.setattr(dock_module, "shipped_scales", lambda: (2, 4))  # a build that ships no x8 weights
+    dock.weights_widget.setFilePath(str(tmp_path / "other.safetensors"))
+    dock.weights_widget.setFilePath("")
+    assert offered() == [2, 4]
     dock.weights_widget.setFilePath(str(tmp_path / "tiny.safetensors"))
     assert offered() == list(SUPPORTED_SCALES)
 
 
-def test_a_scale_without_shipped_weights_names_the_weights_box(qgis_iface, dock, tmp_path):
+def test_a_scale_without_shipped_weights_names_the_weights_box(qgis_iface, dock, tmp_path, monkeypatch):
+    from slimdiffsr_qgis import job as job_module
+
+    monkeypatch.setattr(job_module, "shipped_scales", lambda: (2, 4))  # a build that ships no x8 weights
     layer = add_raster(write_rgb(tmp_path / "in.tif", 32, 16), "in")
     dock.layer_combo.setLayer(layer)
     dock.set_extent_source("layer")

@@ -220,8 +220,12 @@ def test_scale_is_a_number_given_as_an_integer_or_as_text(plugin, tmp_path, weig
     assert geometry(result["OUTPUT"])[1:] == (64, 48)
 
 
-def test_x8_runs_with_x8_weights_and_without_them_names_the_weights_parameter(plugin, tmp_path):
+def test_x8_runs_with_x8_weights_and_without_them_names_the_weights_parameter(plugin, tmp_path, monkeypatch):
     import processing
+
+    from slimdiffsr_qgis import job as job_module
+
+    monkeypatch.setattr(job_module, "shipped_scales", lambda: (2, 4))  # a build that ships no x8 weights
 
     raster = write_rgb(tmp_path / "in.tif", 16, 12)
     weights8 = write_tiny_weights(tmp_path / "tiny_x8.safetensors", 8)
