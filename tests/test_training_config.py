@@ -144,10 +144,11 @@ def test_the_x4_recipe_chains_ten_steps_as_the_weights_card_states():
                for s, d in zip(students, data)), "the rest comes from default_x4_cpu.yaml"
 
 
-def test_the_x2_recipe_starts_from_the_shipped_x4_file():
-    (step,) = recipe.recipe_steps(CONFIGS / "recipe_x2")
+@pytest.mark.parametrize("scale", [2, 8])
+def test_the_x2_and_x8_recipes_start_from_the_shipped_x4_file(scale):
+    (step,) = recipe.recipe_steps(CONFIGS / f"recipe_x{scale}")
     assert step.init == Path("resources/weights/slimdiffsr_x4.safetensors") and step.keep == "ema"
-    assert run_settings(load_config(step.config)).scale == 2
+    assert run_settings(load_config(step.config)).scale == scale and step.max_minutes is None
 
 
 def test_a_recipe_whose_step_does_not_start_from_the_previous_product_is_refused(tmp_path):
