@@ -46,72 +46,78 @@ def test_run_writes_a_georeferenced_x4_output(rgb_uint8, tmp_path):
     assert values.shape == (3, 256, 320) and transform[1] == 2.5
 
 
-def test_many_inputs_go_to_an_output_folder(rgb_uint8, rgb_uint16, tmp_path):
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> str:
+    """Refusals and runs go through a student saved with the shipped file's metadata, as users' runs do."""
+    return write_tiny_shipped_like_weights(tmp_path_factory.mktemp("weights") / "student.safetensors")
+
+
+def test_many_inputs_go_to_an_output_folder(rgb_uint8, rgb_uint16, tmp_path, student):
     out_dir = tmp_path / "results"
     out_dir.mkdir()
-    result = slimdiffsr("run", rgb_uint8, rgb_uint16, "--out-dir", str(out_dir), "--model", "bicubic")
+    result = slimdiffsr("run", rgb_uint8, rgb_uint16, "--out-dir", str(out_dir), "--weights", student)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out_dir)) == ["rgb_uint16_x4.tif", "rgb_uint8_x4.tif"]
 
 
-def test_missing_input(tmp_path):
-    assert_bad_input(slimdiffsr("run", str(tmp_path / "nope.tif"), str(tmp_path / "o.tif"), "--model", "bicubic"),
+def test_missing_input(tmp_path, student):
+    assert_bad_input(slimdiffsr("run", str(tmp_path / "nope.tif"), str(tmp_path / "o.tif"), "--weights", student),
                      "nope.tif", "does not exist")
 
 
-def test_non_raster_input(tmp_path):
+def test_non_raster_input(tmp_path, student):
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
-    assert_bad_input(slimdiffsr("run", str(text), str(tmp_path / "o.tif"), "--model", "bicubic"),
+    assert_bad_input(slimdiffsr("run", str(text), str(tmp_path / "o.tif"), "--weights", student),
                      "notes.tif", "not a raster")
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_band_index_out_of_range(rgb_uint8, tmp_path):
-    assert_bad_input(slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--bands", "1,2,4", "--model", "bicubic"),
+def test_band_index_out_of_range(rgb_uint8, tmp_path, student):
+    assert_bad_input(slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--bands", "1,2,4", "--weights", student),
                      "band 4", "3 bands")
 
 
-def test_extent_outside_the_raster(rgb_uint8, tmp_path):
+def test_extent_outside_the_raster(rgb_uint8, tmp_path, student):
     assert_bad_input(slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--extent", "0,0,100,100",
-                                "--model", "bicubic"), "does not overlap")
+                                "--weights", student), "does not overlap")
 
 
-def test_extent_smaller_than_one_pixel(rgb_uint8, tmp_path):
+def test_extent_smaller_than_one_pixel(rgb_uint8, tmp_path, student):
     assert_bad_input(slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--extent",
-                                "500010,4999900,500012,4999902", "--model", "bicubic"), "smaller than one pixel")
+                                "500010,4999900,500012,4999902", "--weights", student), "smaller than one pixel")
 
 
-def test_rotated_geotransform(tmp_path):
+def test_rotated_geotransform(tmp_path, student):
     src = write_raster(str(tmp_path / "rotated.tif"), (smooth_image(3, 20, 20) * 255).astype(np.uint8),
                        geotransform=(500000, 10, 2, 5000000, 2, -10))
-    assert_bad_input(slimdiffsr("run", src, str(tmp_path / "o.tif"), "--model", "bicubic"), "rotated")
+    assert_bad_input(slimdiffsr("run", src, str(tmp_path / "o.tif"), "--weights", student), "rotated")
 
 
-def test_unsupported_scale(rgb_uint8, tmp_path):
-    result = slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--scale", "3", "--model", "bicubic")
+def test_unsupported_scale(rgb_uint8, tmp_path, student):
+    result = slimdiffsr("run", rgb_uint8, str(tmp_path / "o.tif"), "--scale", "3", "--weights", student)
     assert result.returncode == 2
     assert "--scale" in result.stderr and "3" in result.stderr
 
 
-def test_unwritable_output_folder(rgb_uint8, tmp_path):
+def test_unwritable_output_folder(rgb_uint8, tmp_path, student):
     if os.geteuid() == 0:
         folder = "/proc"  # not writable even for root
     else:
         folder = str(tmp_path / "locked")
         os.mkdir(folder, 0o555)
-    assert_bad_input(slimdiffsr("run", rgb_uint8, os.path.join(folder, "o.tif"), "--model", "bicubic"),
+    assert_bad_input(slimdiffsr("run", rgb_uint8, os.path.join(folder, "o.tif"), "--weights", student),
                      "not writable")
 
 
-def test_output_equal_to_input(rgb_uint8):
-    assert_bad_input(slimdiffsr("run", rgb_uint8, rgb_uint8, "--model", "bicubic", "--overwrite"), "is the input")
+def test_output_equal_to_input(rgb_uint8, student):
+    assert_bad_input(slimdiffsr("run", rgb_uint8, rgb_uint8, "--weights", student, "--overwrite"), "is the input")
 
 
-def test_existing_output_is_kept_without_overwrite(rgb_uint8, tmp_path):
+def test_existing_output_is_kept_without_overwrite(rgb_uint8, tmp_path, student):
     out = tmp_path / "o.tif"
     out.write_bytes(b"keep me")
-    assert_bad_input(slimdiffsr("run", rgb_uint8, str(out), "--model", "bicubic"), "already exists", "--overwrite")
+    assert_bad_input(slimdiffsr("run", rgb_uint8, str(out), "--weights", student), "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
 
 
