@@ -150,11 +150,11 @@ def test_pickle_instead_of_safetensors_is_refused_without_unpickling(rgb_uint8, 
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_verbose_is_accepted_before_and_after_the_subcommand_and_at_the_end(rgb_uint8, tmp_path):
+def test_verbose_is_accepted_before_and_after_the_subcommand_and_at_the_end(rgb_uint8, tmp_path, student):
     for index, where in enumerate((["-v", "run"], ["run", "-v"], ["run"])):
         out = str(tmp_path / f"o{index}.tif")
         extra = ["--verbose"] if where == ["run"] else []
-        result = slimdiffsr(*where, rgb_uint8, out, "--model", "bicubic", *extra)
+        result = slimdiffsr(*where, rgb_uint8, out, "--weights", student, *extra)
         assert result.returncode == 0, result.stderr
         assert os.path.isfile(out)
     assert slimdiffsr("info", "-v").returncode == 0

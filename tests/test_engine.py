@@ -11,7 +11,14 @@ from backend.engine import (Engine, STATISTICS_TILE_SIDE, STATISTICS_TILES, stat
 from slimdiffsr_qgis.contract import BadInput, Cancelled
 from slimdiffsr_qgis.contract import RunRequest
 from models_for_tests import LocalConvModel, NearestUpscaler, WindowNormalisedUpscaler
+from plugin_fixtures import write_tiny_shipped_like_weights
 from rasters import ORIGIN, PIXEL, read_raster, smooth_image, write_raster
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> str:
+    """A tiny student with the shipped file's metadata: inputs go through the path users' runs take."""
+    return write_tiny_shipped_like_weights(tmp_path_factory.mktemp("weights") / "student.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +26,11 @@ def engine():
     return Engine()
 
 
-def test_window_output_is_georeferenced_on_the_input_grid(engine, rgb_uint16, tmp_path):
+def test_window_output_is_georeferenced_on_the_input_grid(engine, rgb_uint16, tmp_path, student):
     out = str(tmp_path / "out.tif")
     # A window 30 px in from the left, 20 px down, 40 x 30 px, given in map units.
     extent = (ORIGIN[0] + 30 * PIXEL, ORIGIN[1] - 50 * PIXEL, ORIGIN[0] + 70 * PIXEL, ORIGIN[1] - 20 * PIXEL)
-    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, model="bicubic"))
+    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, weights=student))
     values, transform, wkt, _, _ = read_raster(out)
     _, _, source_wkt, _, _ = read_raster(rgb_uint16)
     assert values.shape == (3, 30 * 4, 40 * 4)
@@ -31,17 +38,17 @@ def test_window_output_is_georeferenced_on_the_input_grid(engine, rgb_uint16, tm
     assert wkt == source_wkt
 
 
-def test_extent_is_snapped_to_the_pixel_grid_and_clipped_to_the_raster(engine, rgb_uint16, tmp_path):
+def test_extent_is_snapped_to_the_pixel_grid_and_clipped_to_the_raster(engine, rgb_uint16, tmp_path, student):
     out = str(tmp_path / "out.tif")
     extent = (ORIGIN[0] + 100.4 * PIXEL, ORIGIN[1] - 500 * PIXEL, ORIGIN[0] + 500 * PIXEL, ORIGIN[1] - 79.6 * PIXEL)
-    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, model="bicubic"))
+    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, weights=student))
     values, transform, _, _, _ = read_raster(out)
     assert values.shape == (3, 10 * 4, 20 * 4)  # columns 100..120, rows 80..90
     assert transform[0] == pytest.approx(ORIGIN[0] + 100 * PIXEL)
     assert transform[3] == pytest.approx(ORIGIN[1] - 80 * PIXEL)
 
 
-def test_extent_in_another_crs_is_transformed_to_the_raster_crs(engine, rgb_uint16, tmp_path):
+def test_extent_in_another_crs_is_transformed_to_the_raster_crs(engine, rgb_uint16, tmp_path, student):
     source, target = osr.SpatialReference(), osr.SpatialReference()
     source.ImportFromEPSG(32633)
     target.ImportFromEPSG(4326)
@@ -52,18 +59,18 @@ def test_extent_in_another_crs_is_transformed_to_the_raster_crs(engine, rgb_uint
     lon1, lat1, _ = to_wgs84.TransformPoint(ORIGIN[0] + 600, ORIGIN[1] - 200)
     out = str(tmp_path / "out.tif")
     engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=(lon0, lat0, lon1, lat1),
-                          extent_crs="EPSG:4326", model="bicubic"))
+                          extent_crs="EPSG:4326", weights=student))
     values, transform, _, _, _ = read_raster(out)
     assert values.shape[1:] == (20 * 4, 40 * 4)
     assert transform[0] == pytest.approx(ORIGIN[0] + 200, abs=PIXEL)
 
 
-def test_output_overlays_the_input_in_qgis(engine, rgb_uint16, tmp_path, qgis_app):
+def test_output_overlays_the_input_in_qgis(engine, rgb_uint16, tmp_path, qgis_app, student):
     from qgis.core import QgsRasterLayer, QgsRectangle
 
     extent = (ORIGIN[0] + 300, ORIGIN[1] - 600, ORIGIN[0] + 900, ORIGIN[1] - 100)
     out = str(tmp_path / "out.tif")
-    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, model="bicubic"))
+    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, extent=extent, weights=student))
     source, result = QgsRasterLayer(rgb_uint16, "in"), QgsRasterLayer(out, "out")
     assert result.isValid() and result.crs() == source.crs()
     assert result.extent() == QgsRectangle(*extent)
@@ -112,29 +119,29 @@ def test_output_is_clipped_to_the_dtype_limits(engine, rgb_uint8, tmp_path):
     assert values.dtype == np.uint8 and values.max() == 255
 
 
-def test_nodata_is_filled_for_inference_and_written_back_as_nodata(engine, tmp_path):
+def test_nodata_is_filled_for_inference_and_written_back_as_nodata(engine, tmp_path, student):
     values = (smooth_image(3, 48, 48) * 10000).astype(np.uint16) + 100
     values[:, :10, :] = 0  # a nodata collar
     src = write_raster(str(tmp_path / "in.tif"), values, nodata=0)
     out = str(tmp_path / "out.tif")
-    engine.run(RunRequest(input=src, output=out, scale=4, model="bicubic"))
+    engine.run(RunRequest(input=src, output=out, scale=4, weights=student))
     result, _, _, nodata, _ = read_raster(out)
     assert nodata == 0
     assert (result[:, :40, :] == 0).all(), "nodata pixels stay nodata (mask upscaled by nearest)"
     assert (result[:, 40:, :] > 0).all(), "valid pixels never turn into nodata"
 
 
-def test_single_band_input_is_replicated_for_the_model_and_written_as_one_band(engine, tmp_path):
+def test_single_band_input_is_replicated_for_the_model_and_written_as_one_band(engine, tmp_path, student):
     src = write_raster(str(tmp_path / "gray.tif"), (smooth_image(1, 30, 30) * 255).astype(np.uint8))
     out = str(tmp_path / "out.tif")
-    engine.run(RunRequest(input=src, output=out, scale=4, model="bicubic"))
+    engine.run(RunRequest(input=src, output=out, scale=4, weights=student))
     values, *_ = read_raster(out)
     assert values.shape == (1, 120, 120)
 
 
-def test_output_metadata_records_provenance(engine, rgb_uint16, tmp_path):
+def test_output_metadata_records_provenance(engine, rgb_uint16, tmp_path, student):
     out = str(tmp_path / "out.tif")
-    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, model="bicubic"))
+    engine.run(RunRequest(input=rgb_uint16, output=out, scale=4, weights=student))
     metadata = read_raster(out)[4]
     for key in ("SLIMDIFFSR_VERSION", "SLIMDIFFSR_WEIGHTS", "SLIMDIFFSR_WEIGHTS_SHA256", "SLIMDIFFSR_SCALE",
                 "SLIMDIFFSR_NORMALISATION", "SLIMDIFFSR_NOTE"):
