@@ -187,6 +187,20 @@ def test_student_fine_tunes_from_a_weights_file_with_accumulation_bf16_and_ema(t
         assert torch.equal(exported[name[len("student."):]], tensor)
 
 
+def test_a_file_names_the_families_it_never_saw_and_a_fine_tune_cannot_unsee_one(tmp_path):
+    def student(folder, *overrides):
+        config = tiny_config(tmp_path / folder, "student.loop.steps=1", "student.teacher_weights=none", *overrides)
+        return run(config, "student").product
+
+    without_neon = student("a", "data.exclude_sensors=[neon]")
+    assert load(without_neon).meta["excluded_sensors"] == "neon"
+    narrower = student("b", "data.exclude_sensors=[neon,landsat8]", f"student.init={without_neon}")
+    assert load(narrower).meta["excluded_sensors"] == "neon", "its init trained on landsat8"
+    saw_all = student("c")
+    assert "excluded_sensors" not in load(saw_all).meta
+    assert "excluded_sensors" not in load(student("d", "data.exclude_sensors=[neon]", f"student.init={saw_all}")).meta
+
+
 def test_fine_tuning_may_switch_on_the_lr_skip_but_not_change_shapes(tmp_path):
     first = run(tiny_config(tmp_path / "a", "student.loop.steps=1", "student.teacher_weights=none",
                             "student.encoder=lr"), "student")

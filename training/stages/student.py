@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from backend.models.weights import file_sha256
+from backend.models.weights import file_sha256, read_metadata
 from slimdiffsr_qgis.contract import BadInput
 from backend.models import StudentConfig, build, feature_channels, load, save
 
@@ -114,6 +114,7 @@ class StudentTask(Task):
         self.scale = run.scale
         self.normalisation = run.normalisation
         self.data_manifest = data.manifest or data.folder or "given in code"
+        self.excluded_sensors = never_seen(data.exclude_sensors, settings.init)
         self.keep = settings.keep
         student, origin = self._student(settings)
         self.notes.append(origin)
@@ -242,10 +243,21 @@ class StudentTask(Task):
             "training_log": " | ".join(self.notes),
             "weights_taken": f"{self.keep} of the last step",
         }
+        if self.excluded_sensors:  # a leave-one-family-out file says which family it never saw
+            meta["excluded_sensors"] = ",".join(self.excluded_sensors)
         if self.init_fraction is not None:
             meta["teacher_init_fraction"] = f"{self.init_fraction:.4f}"
         save(student, path, meta)
         return path
+
+
+def never_seen(excluded: Sequence[str], init: Optional[str]) -> tuple[str, ...]:
+    """The sensor families a run's product never trained on: those the run leaves out that its init never saw
+    either. A fine-tune that leaves a family out of a file that trained on it is no leave-one-family-out model."""
+    if not init:
+        return tuple(excluded)
+    earlier = read_metadata(init)["meta"].get("excluded_sensors", "")
+    return tuple(family for family in excluded if family in earlier.split(","))
 
 
 def _lineage(init: str, meta: dict[str, str]) -> str:
