@@ -1,0 +1,165 @@
+"""Leave one family out: every sensor family scored by weights that never trained on it, against GDAL resampling.
+
+The generalisation protocol (docs/training.md): for each sensor family, a model
+trained with that family left out (`data.exclude_sensors`) is scored on the
+family's held-out blocks (validation blocks to choose a recipe, test blocks to
+report), on clean and Real-ESRGAN-degraded LR made as benchmarks.quality makes
+them, beside GDAL cubic and lanczos and, with `--compare`, beside weights that
+did train on the family (the shipped file: what leaving it out costs). The
+"overall" rows average the families with equal weight, each scored by its own
+left-out model.
+
+A file is refused unless its metadata names the family among those it never
+trained on (`excluded_sensors`, written by training.stages.student, which
+drops a family the init had seen): a fine-tune of a file that saw the family
+is no held-out score.
+
+    .venv/bin/python -m benchmarks.held_out --runs runs/lofo_x4 --role validation [--consistency] \
+        [--compare resources/weights/slimdiffsr_x4.safetensors] [--card resources/weights/README.md]
+
+`--runs` holds one run per family, `without_<family>/student/student.safetensors`,
+as `make lofo-x4` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from backend.models import load, read_metadata
+from benchmarks.quality import (CONSISTENCY_SUFFIX, OVERALL, add_block_arguments, add_report_arguments,
+                                check_card_argument, gdal_upsample, model_upsampler, publish, rounded_down)
+from training.evaluation.images import held_out_images
+from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS
+from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, score_images
+from training.data.crops import scenes_from_manifest
+
+CARD_MARKERS = ("<!-- begin: table written by benchmarks.held_out --card -->",
+                "<!-- end: table written by benchmarks.held_out --card -->")
+RUN_PREFIX = "without_"
+PRODUCT = Path("student") / "student.safetensors"
+LEFT_OUT = "SlimDiffSR trained without the family"
+BASELINE = "GDAL lanczos"
+
+
+def never_saw(weights: Path) -> set[str]:
+    """The sensor families `weights` states it never trained on (its `excluded_sensors` metadata)."""
+    listed = read_metadata(weights)["meta"].get("excluded_sensors", "")
+    return {family for family in listed.split(",") if family}
+
+
+def left_out_runs(runs: Path) -> dict[str, Path]:
+    """{family: weights trained without it} for every `without_<family>` run under `runs`, checked."""
+    found: dict[str, Path] = {}
+    for folder in sorted(runs.glob(f"{RUN_PREFIX}*")):
+        weights = folder / PRODUCT
+        if not folder.is_dir() or not weights.is_file():
+            continue
+        family = folder.name[len(RUN_PREFIX):]
+        if family not in never_saw(weights):
+            raise SystemExit(f"{weights} does not state that it never trained on {family} (its metadata's "
+                             "excluded_sensors): it cannot score that family as held out")
+        found[family] = weights
+    if not found:
+        raise SystemExit(f"{runs} holds no {RUN_PREFIX}<family>/{PRODUCT}: train them first (make lofo-x4)")
+    return found
+
+
+def family_methods(weights: Path, compare: Optional[Path], consistency: bool) -> tuple[dict[str, Upsampler], int]:
+    """GDAL cubic and lanczos, the left-out model (and with the consistency option), and the compared file."""
+    model = load(weights)
+    scale = model.scale
+    methods: dict[str, Upsampler] = {
+        "GDAL cubic": lambda lr: gdal_upsample(lr, scale, "cubic"),
+        BASELINE: lambda lr: gdal_upsample(lr, scale, "lanczos"),
+        LEFT_OUT: model_upsampler(model),
+    }
+    if consistency:
+        methods[LEFT_OUT + CONSISTENCY_SUFFIX] = model_upsampler(model, consistency=True)
+    if compare is not None:
+        trained_on_it = load(compare)
+        if trained_on_it.scale != scale:
+            raise SystemExit(f"--compare {compare} is x{trained_on_it.scale}; the left-out models are x{scale}")
+        label = compare_label(compare)
+        methods[label] = model_upsampler(trained_on_it)
+        if consistency:
+            methods[label + CONSISTENCY_SUFFIX] = model_upsampler(trained_on_it, consistency=True)
+    return methods, scale
+
+
+def compare_label(compare: Path) -> str:
+    """The rows of weights that did train on the family."""
+    return f"SlimDiffSR ({compare.name}), trained on it"
+
+
+def mean_psnr(scores: dict[ScoreKey, Scores], kind: str, method: str, families: Sequence[str]) -> float:
+    """PSNR-Y of `method` averaged over each family's tiles, then over `families` with equal weight."""
+    return float(np.mean([np.mean(scores[(kind, method, family)].psnr) for family in families]))
+
+
+def format_table(scores: dict[ScoreKey, Scores], methods: Sequence[str], families: Sequence[str], scale: int,
+                 role: str) -> str:
+    """One Markdown table: per LR kind and held-out family (then overall), every method's PSNR-Y, SSIM-Y and
+    lead over GDAL lanczos (rounded down, so a printed lead never overstates the true one)."""
+    lines = [f"x{scale}, each sensor family scored on its {role} blocks by a model trained without it: PSNR-Y and "
+             "SSIM-Y higher is better.", "",
+             f"| LR | held-out family | tiles | method | PSNR-Y (dB) | SSIM-Y | lead over {BASELINE} (dB) |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for kind in LR_KINDS:
+        for family in [*families, OVERALL]:
+            group = list(families) if family == OVERALL else [family]
+            label = f"**{OVERALL}**" if family == OVERALL else family
+            for method in methods:
+                entries = [scores[(kind, method, f)] for f in group]
+                tiles = sum(len(entry.psnr) for entry in entries)
+                ssim = float(np.mean([np.mean(entry.ssim) for entry in entries]))
+                psnr = mean_psnr(scores, kind, method, group)
+                lead = rounded_down(psnr - mean_psnr(scores, kind, BASELINE, group))
+                lines.append(f"| {kind} | {label} | {tiles} | {method} | {psnr:.2f} | {ssim:.4f} | {lead:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.held_out", description=__doc__.splitlines()[0])
+    add_block_arguments(parser)
+    parser.add_argument("--runs", type=Path, required=True,
+                        help=f"folder of {RUN_PREFIX}<family> runs, each with {PRODUCT}")
+    parser.add_argument("--compare", type=Path,
+                        help="weights that trained on every family (e.g. the shipped file), scored beside them")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also score each model with the consistency option (back-projection to the LR)")
+    parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_report_arguments(parser)
+    args = parser.parse_args(argv)
+    check_card_argument(args.card, CARD_MARKERS)
+    runs = left_out_runs(args.runs)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.monotonic()
+    scores: dict[ScoreKey, Scores] = {}
+    methods: list[str] = []
+    scale = 0
+    for family, weights in runs.items():
+        upsamplers, scale = family_methods(weights, args.compare, args.consistency)
+        methods = list(upsamplers)
+        images = held_out_images(scenes_from_manifest(args.data, [family]), args.role, scale, args.tile)
+        scores.update(score_images(images, upsamplers, scale, LR_KINDS, MetricSet()))
+        print(f"{family}: scored ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+    table = format_table(scores, methods, list(runs), scale, args.role)
+    table += "\nModels: " + "; ".join(f"{family}: {weights}" for family, weights in runs.items()) + "."
+    table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation, seed "
+              f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
+              f"Command: python -m benchmarks.held_out {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    publish(table, args, start, CARD_MARKERS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
