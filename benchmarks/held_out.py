@@ -40,12 +40,24 @@ from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS
 from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, score_images
 from training.data.crops import scenes_from_manifest
 
-CARD_MARKERS = ("<!-- begin: table written by benchmarks.held_out --card -->",
-                "<!-- end: table written by benchmarks.held_out --card -->")
 RUN_PREFIX = "without_"
 PRODUCT = Path("student") / "student.safetensors"
 LEFT_OUT = "SlimDiffSR trained without the family"
 BASELINE = "GDAL lanczos"
+
+
+def card_markers(scale: int) -> tuple[str, str]:
+    """The lines around this benchmark's table in a model card: one pair per scale, so x4 and x8 share a card."""
+    return (f"<!-- begin: table written by benchmarks.held_out --card (x{scale}) -->",
+            f"<!-- end: table written by benchmarks.held_out --card (x{scale}) -->")
+
+
+def left_out_scale(runs: dict[str, Path]) -> int:
+    """The one scale of the left-out models (a table mixes no scales)."""
+    scales = {int(read_metadata(weights)["config"]["scale"]) for weights in runs.values()}
+    if len(scales) != 1:
+        raise SystemExit(f"the left-out models are of several scales ({sorted(scales)}): give one scale's runs")
+    return scales.pop()
 
 
 def never_saw(weights: Path) -> set[str]:
@@ -71,7 +83,7 @@ def left_out_runs(runs: Path) -> dict[str, Path]:
     return found
 
 
-def family_methods(weights: Path, compare: Optional[Path], consistency: bool) -> tuple[dict[str, Upsampler], int]:
+def family_methods(weights: Path, compare: Optional[Path], consistency: bool) -> dict[str, Upsampler]:
     """GDAL cubic and lanczos, the left-out model (and with the consistency option), and the compared file."""
     model = load(weights)
     scale = model.scale
@@ -90,7 +102,7 @@ def family_methods(weights: Path, compare: Optional[Path], consistency: bool) ->
         methods[label] = model_upsampler(trained_on_it)
         if consistency:
             methods[label + CONSISTENCY_SUFFIX] = model_upsampler(trained_on_it, consistency=True)
-    return methods, scale
+    return methods
 
 
 def compare_label(compare: Path) -> str:
@@ -138,16 +150,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_report_arguments(parser)
     args = parser.parse_args(argv)
-    check_card_argument(args.card, CARD_MARKERS)
     runs = left_out_runs(args.runs)
+    scale = left_out_scale(runs)
+    check_card_argument(args.card, card_markers(scale))
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.monotonic()
     scores: dict[ScoreKey, Scores] = {}
     methods: list[str] = []
-    scale = 0
     for family, weights in runs.items():
-        upsamplers, scale = family_methods(weights, args.compare, args.consistency)
+        upsamplers = family_methods(weights, args.compare, args.consistency)
         methods = list(upsamplers)
         images = held_out_images(scenes_from_manifest(args.data, [family]), args.role, scale, args.tile)
         scores.update(score_images(images, upsamplers, scale, LR_KINDS, MetricSet()))
@@ -157,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation, seed "
               f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"
               f"Command: python -m benchmarks.held_out {' '.join(argv if argv is not None else sys.argv[1:])}\n")
-    publish(table, args, start, CARD_MARKERS)
+    publish(table, args, start, card_markers(scale))
     return 0
 
 

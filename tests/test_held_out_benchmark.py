@@ -41,7 +41,7 @@ def test_each_family_is_scored_by_its_left_out_model_beside_lanczos_and_a_file_t
         _student(tmp_path / "runs" / f"without_{family}" / held_out.PRODUCT, {"excluded_sensors": family})
     compare = _student(tmp_path / "all.safetensors", {})
     card = tmp_path / "README.md"
-    card.write_text("before\n" + "\n".join(held_out.CARD_MARKERS) + "\nafter\n")
+    card.write_text("before\n" + "\n".join(held_out.card_markers(4)) + "\nafter\n")
     held_out.main(["--runs", str(tmp_path / "runs"), "--data", str(manifest), "--role", "test", "--tile", "192",
                    "--compare", str(compare), "--consistency", "--card", str(card)])
     table = card.read_text()
@@ -60,3 +60,12 @@ def test_a_file_that_does_not_state_it_never_saw_the_family_is_refused(tmp_path)
         held_out.left_out_runs(tmp_path / "runs")
     with pytest.raises(SystemExit, match="holds no without_"):
         held_out.left_out_runs(tmp_path / "elsewhere")
+
+
+def test_left_out_models_of_two_scales_make_no_table(tmp_path):
+    _student(tmp_path / "runs" / "without_neon" / held_out.PRODUCT, {"excluded_sensors": "neon"})
+    x8 = tmp_path / "runs" / "without_landsat8" / held_out.PRODUCT
+    x8.parent.mkdir(parents=True)
+    save(build(StudentConfig.tiny(8)), x8, {"excluded_sensors": "landsat8"})
+    with pytest.raises(SystemExit, match="several scales"):
+        held_out.left_out_scale(held_out.left_out_runs(tmp_path / "runs"))
