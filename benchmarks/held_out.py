@@ -4,8 +4,9 @@ The generalisation protocol (docs/training.md): for each sensor family, a model
 trained with that family left out (`data.exclude_sensors`) is scored on the
 family's held-out blocks (validation blocks to choose a recipe, test blocks to
 report), on clean and Real-ESRGAN-degraded LR made as benchmarks.quality makes
-them, beside GDAL cubic and lanczos and, with `--compare`, beside weights that
-did train on the family (the shipped file: what leaving it out costs). The
+them, beside GDAL cubic and lanczos and, with `--compare` (repeatable), beside
+weights that did train on the family: the same recipe on every family says what
+leaving the family out costs, the shipped file what the whole recipe adds. The
 "overall" rows average the families with equal weight, each scored by its own
 left-out model.
 
@@ -15,7 +16,7 @@ drops a family the init had seen): a fine-tune of a file that saw the family
 is no held-out score.
 
     .venv/bin/python -m benchmarks.held_out --runs runs/lofo_x4 --role validation [--consistency] \
-        [--compare resources/weights/slimdiffsr_x4.safetensors] [--card resources/weights/README.md]
+        [--compare resources/weights/slimdiffsr_x4.safetensors ...] [--card resources/weights/README.md]
 
 `--runs` holds one run per family, `without_<family>/student/student.safetensors`,
 as `make lofo-x4` writes them.
@@ -83,8 +84,8 @@ def left_out_runs(runs: Path) -> dict[str, Path]:
     return found
 
 
-def family_methods(weights: Path, compare: Optional[Path], consistency: bool) -> dict[str, Upsampler]:
-    """GDAL cubic and lanczos, the left-out model (and with the consistency option), and the compared file."""
+def family_methods(weights: Path, compare: Sequence[Path], consistency: bool) -> dict[str, Upsampler]:
+    """GDAL cubic and lanczos, the left-out model (and with the consistency option), and the compared files."""
     model = load(weights)
     scale = model.scale
     methods: dict[str, Upsampler] = {
@@ -94,11 +95,11 @@ def family_methods(weights: Path, compare: Optional[Path], consistency: bool) ->
     }
     if consistency:
         methods[LEFT_OUT + CONSISTENCY_SUFFIX] = model_upsampler(model, consistency=True)
-    if compare is not None:
-        trained_on_it = load(compare)
+    for path in compare:
+        trained_on_it = load(path)
         if trained_on_it.scale != scale:
-            raise SystemExit(f"--compare {compare} is x{trained_on_it.scale}; the left-out models are x{scale}")
-        label = compare_label(compare)
+            raise SystemExit(f"--compare {path} is x{trained_on_it.scale}; the left-out models are x{scale}")
+        label = compare_label(path)
         methods[label] = model_upsampler(trained_on_it)
         if consistency:
             methods[label + CONSISTENCY_SUFFIX] = model_upsampler(trained_on_it, consistency=True)
@@ -142,8 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_block_arguments(parser)
     parser.add_argument("--runs", type=Path, required=True,
                         help=f"folder of {RUN_PREFIX}<family> runs, each with {PRODUCT}")
-    parser.add_argument("--compare", type=Path,
-                        help="weights that trained on every family (e.g. the shipped file), scored beside them")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="weights that trained on every family (e.g. the shipped file), scored beside them; "
+                             "repeatable")
     parser.add_argument("--consistency", action="store_true",
                         help="also score each model with the consistency option (back-projection to the LR)")
     parser.add_argument("--tile", type=int, default=384, help="HR evaluation tile side")

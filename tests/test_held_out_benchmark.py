@@ -40,17 +40,18 @@ def test_each_family_is_scored_by_its_left_out_model_beside_lanczos_and_a_file_t
     for family in ("sentinel2", "neon"):
         _student(tmp_path / "runs" / f"without_{family}" / held_out.PRODUCT, {"excluded_sensors": family})
     compare = _student(tmp_path / "all.safetensors", {})
+    same_recipe = _student(tmp_path / "same_recipe.safetensors", {})
     card = tmp_path / "README.md"
     card.write_text("before\n" + "\n".join(held_out.card_markers(4)) + "\nafter\n")
     held_out.main(["--runs", str(tmp_path / "runs"), "--data", str(manifest), "--role", "test", "--tile", "192",
-                   "--compare", str(compare), "--consistency", "--card", str(card)])
+                   "--compare", str(compare), "--compare", str(same_recipe), "--consistency", "--card", str(card)])
     table = card.read_text()
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| clean") or
             line.startswith("| degraded")]
-    assert len(rows) == 2 * 3 * 6, "2 LR kinds x (2 families + overall) x 6 methods"
+    assert len(rows) == 2 * 3 * 8, "2 LR kinds x (2 families + overall) x 8 methods"
     assert {row[1] for row in rows} == {"neon", "sentinel2", "**overall**"}
     assert all(row[-1] == "+0.000 |" for row in rows if row[3] == held_out.BASELINE)
-    assert any(row[3] == held_out.compare_label(compare) for row in rows)
+    assert {held_out.compare_label(compare), held_out.compare_label(same_recipe)} <= {row[3] for row in rows}
     assert "neon: " in table and table.startswith("before") and table.endswith("after\n")
 
 
