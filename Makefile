@@ -80,6 +80,18 @@ lofo-x4: data $(STEP1_ALL_FAMILIES)
 	$(PY) -m benchmarks.held_out --runs runs/lofo_x4 --role validation --consistency \
 		--compare $(STEP1_ALL_FAMILIES) --compare resources/weights/slimdiffsr_x4.safetensors
 
+# Leave one family out (x8): each left-out x4 model of lofo-x4 fine-tuned to x8 with the same family still left
+# out (training/configs/lofo_x8_cpu.yaml, about 11 CPU-minutes each), scored beside the shipped x8 file.
+.PHONY: lofo-x8
+lofo-x8: lofo-x4
+	for family in $(LOFO_FAMILIES); do \
+		$(PY) -m training.stages.student --config training/configs/lofo_x8_cpu.yaml \
+			--out runs/lofo_x8/without_$$family --set "data.exclude_sensors=[$$family]" \
+			--set student.init=runs/lofo_x4/without_$$family/student/student.safetensors || exit 1; \
+	done
+	$(PY) -m benchmarks.held_out --runs runs/lofo_x8 --role validation --consistency \
+		--compare resources/weights/slimdiffsr_x8.safetensors
+
 $(STEP1_ALL_FAMILIES):
 	mkdir -p $(@D)
 	git show 6fb01e2:resources/weights/slimdiffsr_x4.safetensors > $@
