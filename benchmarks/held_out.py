@@ -33,13 +33,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from backend.models import load, read_metadata
-from benchmarks.quality import (CONSISTENCY_SUFFIX, OVERALL, add_block_arguments, add_report_arguments,
-                                check_card_argument, gdal_upsample, model_upsampler, publish, rounded_down)
+from backend.models import read_metadata
+from benchmarks.quality import (OVERALL, add_block_arguments, add_report_arguments, build_methods,
+                                check_card_argument, mean_psnr, publish, rounded_down, sensor_rows, sensors_of,
+                                student_label)
 from training.evaluation.images import held_out_images
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS
 from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, score_images
 from training.data.crops import scenes_from_manifest
+from training.stages.student import EXCLUDED_SENSORS_KEY, families_never_seen
 
 RUN_PREFIX = "without_"
 PRODUCT = Path("student") / "student.safetensors"
@@ -61,12 +63,6 @@ def left_out_scale(runs: dict[str, Path]) -> int:
     return scales.pop()
 
 
-def never_saw(weights: Path) -> set[str]:
-    """The sensor families `weights` states it never trained on (its `excluded_sensors` metadata)."""
-    listed = read_metadata(weights)["meta"].get("excluded_sensors", "")
-    return {family for family in listed.split(",") if family}
-
-
 def left_out_runs(runs: Path) -> dict[str, Path]:
     """{family: weights trained without it} for every `without_<family>` run under `runs`, checked."""
     found: dict[str, Path] = {}
@@ -75,34 +71,24 @@ def left_out_runs(runs: Path) -> dict[str, Path]:
         if not folder.is_dir() or not weights.is_file():
             continue
         family = folder.name[len(RUN_PREFIX):]
-        if family not in never_saw(weights):
+        if family not in families_never_seen(weights):
             raise SystemExit(f"{weights} does not state that it never trained on {family} (its metadata's "
-                             "excluded_sensors): it cannot score that family as held out")
+                             f"{EXCLUDED_SENSORS_KEY}): it cannot score that family as held out")
         found[family] = weights
     if not found:
         raise SystemExit(f"{runs} holds no {RUN_PREFIX}<family>/{PRODUCT}: train them first (make lofo-x4)")
     return found
 
 
-def family_methods(weights: Path, compare: Sequence[Path], consistency: bool) -> dict[str, Upsampler]:
-    """GDAL cubic and lanczos, the left-out model (and with the consistency option), and the compared files."""
-    model = load(weights)
-    scale = model.scale
-    methods: dict[str, Upsampler] = {
-        "GDAL cubic": lambda lr: gdal_upsample(lr, scale, "cubic"),
-        BASELINE: lambda lr: gdal_upsample(lr, scale, "lanczos"),
-        LEFT_OUT: model_upsampler(model),
-    }
-    if consistency:
-        methods[LEFT_OUT + CONSISTENCY_SUFFIX] = model_upsampler(model, consistency=True)
-    for path in compare:
-        trained_on_it = load(path)
-        if trained_on_it.scale != scale:
-            raise SystemExit(f"--compare {path} is x{trained_on_it.scale}; the left-out models are x{scale}")
-        label = compare_label(path)
-        methods[label] = model_upsampler(trained_on_it)
-        if consistency:
-            methods[label + CONSISTENCY_SUFFIX] = model_upsampler(trained_on_it, consistency=True)
+def family_methods(scale: int, weights: Path, compare: Sequence[Path], consistency: bool) -> dict[str, Upsampler]:
+    """GDAL cubic and lanczos, the left-out model and the compared files (each also with the consistency option
+    when asked), built as benchmarks.quality builds its methods."""
+    methods = build_methods(scale, None, None)
+    for path, label in [(weights, LEFT_OUT), *((path, compare_label(path)) for path in compare)]:
+        built = student_label(path)
+        methods.update({label + name[len(built):]: upsample
+                        for name, upsample in build_methods(scale, path, None, consistency).items()
+                        if name.startswith(built)})
     return methods
 
 
@@ -111,13 +97,7 @@ def compare_label(compare: Path) -> str:
     return f"SlimDiffSR ({compare.name}), trained on it"
 
 
-def mean_psnr(scores: dict[ScoreKey, Scores], kind: str, method: str, families: Sequence[str]) -> float:
-    """PSNR-Y of `method` averaged over each family's tiles, then over `families` with equal weight."""
-    return float(np.mean([np.mean(scores[(kind, method, family)].psnr) for family in families]))
-
-
-def format_table(scores: dict[ScoreKey, Scores], methods: Sequence[str], families: Sequence[str], scale: int,
-                 role: str) -> str:
+def format_table(scores: dict[ScoreKey, Scores], methods: Sequence[str], scale: int, role: str) -> str:
     """One Markdown table: per LR kind and held-out family (then overall), every method's PSNR-Y, SSIM-Y and
     lead over GDAL lanczos (rounded down, so a printed lead never overstates the true one)."""
     lines = [f"x{scale}, each sensor family scored on its {role} blocks by a model trained without it: PSNR-Y and "
@@ -125,15 +105,14 @@ def format_table(scores: dict[ScoreKey, Scores], methods: Sequence[str], familie
              f"| LR | held-out family | tiles | method | PSNR-Y (dB) | SSIM-Y | lead over {BASELINE} (dB) |",
              "|---|---|---:|---|---:|---:|---:|"]
     for kind in LR_KINDS:
-        for family in [*families, OVERALL]:
-            group = list(families) if family == OVERALL else [family]
-            label = f"**{OVERALL}**" if family == OVERALL else family
+        for family, label in sensor_rows(scores):
+            group = sensors_of(scores) if family == OVERALL else [family]
             for method in methods:
                 entries = [scores[(kind, method, f)] for f in group]
                 tiles = sum(len(entry.psnr) for entry in entries)
                 ssim = float(np.mean([np.mean(entry.ssim) for entry in entries]))
-                psnr = mean_psnr(scores, kind, method, group)
-                lead = rounded_down(psnr - mean_psnr(scores, kind, BASELINE, group))
+                psnr = mean_psnr(scores, kind, method, family)
+                lead = rounded_down(psnr - mean_psnr(scores, kind, BASELINE, family))
                 lines.append(f"| {kind} | {label} | {tiles} | {method} | {psnr:.2f} | {ssim:.4f} | {lead:+.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -161,12 +140,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scores: dict[ScoreKey, Scores] = {}
     methods: list[str] = []
     for family, weights in runs.items():
-        upsamplers = family_methods(weights, args.compare, args.consistency)
+        upsamplers = family_methods(scale, weights, args.compare, args.consistency)
         methods = list(upsamplers)
         images = held_out_images(scenes_from_manifest(args.data, [family]), args.role, scale, args.tile)
         scores.update(score_images(images, upsamplers, scale, LR_KINDS, MetricSet()))
         print(f"{family}: scored ({time.monotonic() - start:.0f} s)", file=sys.stderr)
-    table = format_table(scores, methods, list(runs), scale, args.role)
+    table = format_table(scores, methods, scale, args.role)
     table += "\nModels: " + "; ".join(f"{family}: {weights}" for family, weights in runs.items()) + "."
     table += (f"\nLR: clean = antialiased bicubic; degraded = Real-ESRGAN second-order degradation, seed "
               f"{DEGRADATION_SEED} + tile index. HR tiles {args.tile} px, normalised per scene (2-98 %).\n"

@@ -42,6 +42,8 @@ from training.networks.teacher import load_teacher
 
 NO_TEACHER = "none"
 STUDENT_PRESETS = ("paper", "compact", "tiny")
+EXCLUDED_SENSORS_KEY = "excluded_sensors"
+"""Metadata key of a student file: the sensor families it never trained on, comma-separated."""
 
 
 @dataclass(frozen=True)
@@ -244,11 +246,17 @@ class StudentTask(Task):
             "weights_taken": f"{self.keep} of the last step",
         }
         if self.excluded_sensors:  # a leave-one-family-out file says which family it never saw
-            meta["excluded_sensors"] = ",".join(self.excluded_sensors)
+            meta[EXCLUDED_SENSORS_KEY] = ",".join(self.excluded_sensors)
         if self.init_fraction is not None:
             meta["teacher_init_fraction"] = f"{self.init_fraction:.4f}"
         save(student, path, meta)
         return path
+
+
+def families_never_seen(weights: str | Path) -> set[str]:
+    """The sensor families a student file states it never trained on (its EXCLUDED_SENSORS_KEY metadata)."""
+    listed = read_metadata(weights)["meta"].get(EXCLUDED_SENSORS_KEY, "")
+    return {family for family in listed.split(",") if family}
 
 
 def never_seen(excluded: Sequence[str], init: Optional[str]) -> tuple[str, ...]:
@@ -256,8 +264,8 @@ def never_seen(excluded: Sequence[str], init: Optional[str]) -> tuple[str, ...]:
     either. A fine-tune that leaves a family out of a file that trained on it is no leave-one-family-out model."""
     if not init:
         return tuple(excluded)
-    earlier = read_metadata(init)["meta"].get("excluded_sensors", "")
-    return tuple(family for family in excluded if family in earlier.split(","))
+    earlier = families_never_seen(init)
+    return tuple(family for family in excluded if family in earlier)
 
 
 def _lineage(init: str, meta: dict[str, str]) -> str:
