@@ -49,7 +49,6 @@ a border of `--border` HR pixels is left out of the fit and the scores.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -61,17 +60,13 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from osgeo import gdal
 
 from backend.engine import RGB_PASS
-from backend.normalisation import resolve
 from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
                                 gdal_upsample, model_upsampler, publish, rounded_down)
-from training.data.scene_split import ROLES, Block
-from training.data.crops import BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, nodata_mask, read_decimated
+from training.data.pairs import PairFiles, pair_entries
+from training.data.scene_split import ROLES
 from training.data.realesrgan_degradation import bicubic_downsample
-
-gdal.UseExceptions()
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 CARD_MARKERS = ("<!-- begin: table written by benchmarks.real_pairs --card -->",
@@ -100,38 +95,14 @@ def pair_tiles(manifest: Path, role: str = "test", tile: int = 96,
         yield from _tiles_of(entry, Path(manifest).parent, role, tile)
 
 
-def pair_entries(manifest: Path, names: Optional[Sequence[str]] = None) -> list[dict]:
-    """The manifest's pair entries (of `names` only, when given); an unknown name or no pairs is an error."""
-    pairs = json.loads(Path(manifest).read_text()).get("pairs", [])
-    if not pairs:
-        raise ValueError(f"{manifest} lists no pairs; run python -m training.data.sources prepare")
-    known = [entry["name"] for entry in pairs]
-    unknown = sorted(set(names or ()) - set(known))
-    if unknown:
-        raise ValueError(f"pair(s) {', '.join(unknown)} are not in {manifest}; it has {', '.join(known)}")
-    return [entry for entry in pairs if not names or entry["name"] in names]
-
-
 def _tiles_of(entry: dict, root: Path, role: str, tile: int) -> Iterator[PairTile]:
-    lr_ds, hr_ds = gdal.Open(str(root / entry["lr"]["file"])), gdal.Open(str(root / entry["hr"]["file"]))
-    nodata, offset = entry.get("nodata"), float(entry["hr_offset"])
-    lr_bands = tuple(range(1, lr_ds.RasterCount + 1))
-    lr_sample = read_decimated(lr_ds, lr_bands)
-    lr_norm = resolve(DEFAULT_SPEC, lr_sample, ~nodata_mask(lr_sample, nodata))
-    hr_sample = read_decimated(hr_ds, (1,))
-    hr_norm = resolve(DEFAULT_SPEC, hr_sample, ~nodata_mask(hr_sample, nodata))
-    hr_side = PAIR_SCALE * tile - (1 if offset else 0)
-    for block in (Block(*b) for b in entry["blocks"].get(role, [])):
+    pair = PairFiles(entry, root)
+    for block in pair.blocks(role):
         for y in range(block.y, block.y + block.height - tile + 1, tile):
             for x in range(block.x, block.x + block.width - tile + 1, tile):
-                raw_lr = lr_ds.ReadAsArray(x, y, tile, tile).reshape(len(lr_bands), tile, tile)
-                raw_hr = hr_ds.GetRasterBand(1).ReadAsArray(PAIR_SCALE * x, PAIR_SCALE * y, hr_side, hr_side)
-                lr = lr_norm.apply(raw_lr)
-                if nodata_mask(raw_lr, nodata).any() or nodata_mask(raw_hr[None], nodata).any() \
-                        or (lr.min(axis=0) > BRIGHT_LEVEL).mean() > MAX_BRIGHT_SHARE:
-                    continue
-                yield PairTile(entry["name"], entry["sensor"], lr, hr_norm.apply(raw_hr[None])[0], offset)
-    lr_ds = hr_ds = None
+                lr, hr, usable = pair.read(x, y, tile)
+                if usable:
+                    yield PairTile(pair.name, pair.sensor, lr, hr, pair.offset)
 
 
 def onto_reference(output: np.ndarray, hr_offset: float) -> np.ndarray:

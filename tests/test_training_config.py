@@ -146,9 +146,11 @@ def test_the_x4_recipe_chains_ten_steps_as_the_weights_card_states():
 
 @pytest.mark.parametrize("scale", [2, 8])
 def test_the_x2_and_x8_recipes_start_from_the_shipped_x4_file(scale):
-    (step,) = recipe.recipe_steps(CONFIGS / f"recipe_x{scale}")
-    assert step.init == Path("resources/weights/slimdiffsr_x4.safetensors") and step.keep == "ema"
-    assert run_settings(load_config(step.config)).scale == scale and step.max_minutes is None
+    first, *later = recipe.recipe_steps(CONFIGS / f"recipe_x{scale}")
+    assert first.init == Path("resources/weights/slimdiffsr_x4.safetensors")
+    for step in (first, *later):
+        assert step.keep == "ema" and step.max_minutes is None
+        assert run_settings(load_config(step.config)).scale == scale
 
 
 def test_a_recipe_whose_step_does_not_start_from_the_previous_product_is_refused(tmp_path):

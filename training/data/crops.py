@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -187,6 +187,12 @@ def make_lr(hr: torch.Tensor, scale: int, kind: str, generator: torch.Generator,
     raise ValueError(f"unknown LR kind {kind!r}; use one of {', '.join(LR_KINDS)}")
 
 
+class PairSource(Protocol):
+    """Where real-pair items come from (`training.data.pairs.PairCrops`)."""
+
+    def item(self, rng: np.random.Generator, augmented: bool) -> dict: ...
+
+
 @dataclass(frozen=True)
 class CropSettings:
     """How training crops are drawn: `CropDataset`'s defaults and the sampling keys of a config's data section.
@@ -204,11 +210,13 @@ class CropSettings:
     """The chain of degraded items, one of DEGRADATIONS."""
     single_band_fraction: float = 0.0
     exclude_sensors: tuple[str, ...] = ()
+    pair_fraction: float = 0.0
+    """Share of items cut from the manifest's real pairs (`training.data.pairs.PairCrops`) instead of scenes."""
 
     def __post_init__(self) -> None:
         if self.degradation not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {self.degradation!r}; use one of {', '.join(DEGRADATIONS)}")
-        for name in ("degraded_fraction", "single_band_fraction"):
+        for name in ("degraded_fraction", "single_band_fraction", "pair_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} {getattr(self, name)} is not between 0 and 1")
         if self.crop < 1 or self.length < 1:
@@ -241,6 +249,8 @@ class CropDataset(torch.utils.data.Dataset):
     exclude_sensors: families left out of `scenes` and `band_scenes`.
     single_band_fraction: share of items drawn from `band_scenes` (single-band
     files read as three equal channels) instead of `scenes`.
+    pair_fraction: share of items taken from `pairs` (real cross-resolution
+    pairs, whose LR the sensor made: lr_kind REAL_PAIR) before any other draw.
     """
 
     def __init__(self, scenes: Sequence[SceneRef], *, crop: int = CropSettings.crop, scale: int = 4,
@@ -249,9 +259,12 @@ class CropDataset(torch.utils.data.Dataset):
                  degradation: DegradationSettings = DegradationSettings(), augment: bool = True,
                  degradation_kind: str = CropSettings.degradation, sensor: SensorSettings = SensorSettings(),
                  exclude_sensors: Sequence[str] = CropSettings.exclude_sensors, band_scenes: Sequence[SceneRef] = (),
-                 single_band_fraction: float = CropSettings.single_band_fraction):
+                 single_band_fraction: float = CropSettings.single_band_fraction,
+                 pair_fraction: float = CropSettings.pair_fraction, pairs: Optional[PairSource] = None):
         CropSettings(crop, length, seed, degraded_fraction, degradation_kind, single_band_fraction,
-                     tuple(exclude_sensors))  # the same checks as a config's data section
+                     tuple(exclude_sensors), pair_fraction)  # the same checks as a config's data section
+        if pair_fraction > 0 and pairs is None:
+            raise ValueError("pair_fraction needs pairs to draw from (training.data.pairs.PairCrops)")
         if crop % scale:
             raise ValueError(f"crop {crop} is not a multiple of the scale {scale}")
         known = {scene.sensor for scene in [*scenes, *band_scenes]}
@@ -266,6 +279,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.degraded_fraction, self.degradation, self.augment = degraded_fraction, degradation, augment
         self.degradation_kind, self.sensor_settings = degradation_kind, sensor
         self.single_band_fraction = single_band_fraction
+        self.pair_fraction, self.pairs = pair_fraction, pairs
         self.choices = _choices(scenes, role, crop)
         self.band_choices = _choices(band_scenes, role, crop)
         if not self.choices or (single_band_fraction > 0 and not self.band_choices):
@@ -282,6 +296,9 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index])
+        # Drawn only when asked for, so the items of recipes without pairs are unchanged.
+        if self.pair_fraction > 0 and rng.random() < self.pair_fraction:
+            return self.pairs.item(rng, self.augment)
         best = None
         for _ in range(MAX_DRAWS):
             scene, x, y = self._draw(rng)
@@ -337,8 +354,14 @@ def _choices(scenes: Sequence[SceneRef], role: str, crop: int) -> dict[str, list
 
 def augment(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One of the 8 flips/90-degree rotations of a [C, H, W] crop, drawn from `rng`."""
-    values = np.rot90(values, k=int(rng.integers(4)), axes=(1, 2))
-    return values[:, :, ::-1] if rng.random() < 0.5 else values
+    return augment_together([values], rng)[0]
+
+
+def augment_together(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same flip/90-degree rotation, drawn once from `rng`, of every [C, H, W] array (an LR and its HR)."""
+    turns, flip = int(rng.integers(4)), rng.random() < 0.5
+    turned = [np.rot90(values, k=turns, axes=(1, 2)) for values in arrays]
+    return [values[:, :, ::-1] if flip else values for values in turned]
 
 
 @dataclass(frozen=True)

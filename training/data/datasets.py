@@ -16,6 +16,7 @@ from slimdiffsr_qgis.contract import BadInput
 from training.runtime.config import run_settings, typed_section
 from training.data.crops import (CropDataset, CropSettings, SceneRef, dataset_options, scenes_from_folder,
                                  scenes_from_manifest)
+from training.data.pairs import PairCrops
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,21 @@ def scenes(config: dict[str, Any], role: str) -> list[SceneRef]:
 
 def training_dataset(config: dict[str, Any]) -> CropDataset:
     """Seeded training crops, `degraded_fraction` of them with degraded LR (Real-ESRGAN's chain, the sensor
-    model or a mix: data.degradation), optionally single-band crops and without some sensor families."""
+    model or a mix: data.degradation), optionally single-band crops, real-pair crops (data.pair_fraction) and
+    without some sensor families."""
     data = data_settings(config)
     run = run_settings(config)
     try:
         manifest = Path(data.manifest) if data.manifest else None
+        if data.pair_fraction > 0 and manifest is None:
+            raise ValueError("data.pair_fraction needs data.manifest (its real pairs); "
+                             "run python -m training.data.sources prepare")
+        pairs = PairCrops(manifest, run.scale, data.crop, exclude_sensors=data.exclude_sensors) \
+            if data.pair_fraction > 0 else None
         return CropDataset(
             scenes(config, "train"), crop=data.crop, scale=run.scale, role="train", length=data.length,
             seed=data.seed, spec=run.normalisation, degraded_fraction=data.degraded_fraction,
-            **dataset_options(data, manifest),
+            pair_fraction=data.pair_fraction, pairs=pairs, **dataset_options(data, manifest),
         )
     except ValueError as exc:
         raise BadInput(f"training data: {exc}") from None
