@@ -51,9 +51,10 @@ train-tiny: $(STAMP)
 
 # The shipped weights' recipes replayed step by step from training/configs/recipe_x4/ (ten fine-tunes, each from
 # the previous step's product, each stopping at the step its original run stopped at: about 18 CPU-hours on a
-# 2-core machine), recipe_x2/ and recipe_x8/ (one fine-tune of the shipped x4 file each, 17 and 33 minutes).
+# 2-core machine), recipe_x2/ (a fine-tune of the shipped x4 file, then of that with real Sentinel-2 pair crops:
+# 17 and 22 minutes) and recipe_x8/ (one fine-tune of the shipped x4 file, 33 minutes).
 # Rerunning continues: finished steps are skipped, an interrupted one resumes from its checkpoint. Products:
-# runs/recipe_x4/10_mse_degraded70/student/student.safetensors, runs/recipe_x2/01_mse_from_x4/... and
+# runs/recipe_x4/10_mse_degraded70/student/student.safetensors, runs/recipe_x2/02_mse_real_pairs/... and
 # runs/recipe_x8/01_mse_from_x4/student/student.safetensors.
 .PHONY: recipe-x4 recipe-x2 recipe-x8
 recipe-x4: data
