@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from backend.models import load
 from backend.models.error_head import (ErrorHead, ErrorHeadConfig, head_beside, laplace_nll, load_head,
                                        predict_error, save_head)
 from benchmarks.calibration import (Pooled, add_tile, block_means, below_median_share, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
+from plugin_fixtures import write_tiny_shipped_like_weights
+from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput
-from training.stages.error_head import keep_sensors, train
+from training.data.crops import CropSettings
+from training.stages.error_head import keep_sensors, precompute, train
 
 SMALL = ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))
 SHA = "a" * 64
@@ -160,3 +166,22 @@ def test_calibration_table_pools_the_tiles_of_a_family_per_lr_kind():
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[2] == "2" and abs(float(cells[3]) - 50) < 2 and abs(float(cells[4]) - 1) < 0.05
     assert float(cells[5]) > 0.8 and float(cells[7]) > 0.8  # b + 1 ranks blocks exactly as b does
+
+
+def test_head_crops_can_include_single_band_and_sensor_degraded_crops(tmp_path):
+    write_raster(str(tmp_path / "rgb.tif"), (smooth_image(3, 96, 96, seed=1) * 3000 + 50).astype(np.uint16), nodata=0)
+    write_raster(str(tmp_path / "b8.tif"), (smooth_image(1, 96, 96, seed=2) * 3000 + 50).astype(np.uint16), nodata=0)
+    blocks = {"train": [[0, 0, 96, 96]], "validation": [], "test": []}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({
+        "scenes": [{"name": "rgb", "file": "rgb.tif", "sensor": "s2", "nodata": 0, "blocks": blocks}],
+        "bands": [{"name": "b8", "file": "b8.tif", "sensor": "s2", "nodata": 0, "blocks": blocks}]}))
+    student = load(write_tiny_shipped_like_weights(tmp_path / "tiny.safetensors"))
+    sampling = CropSettings(single_band_fraction=1.0, degradation="sensor")
+    crops = precompute(student, manifest, count=4, crop=32, degraded_fraction=1.0, seed=0, batch=2, sampling=sampling)
+    assert crops["lr"].shape == (4, 3, 8, 8) and crops["sr"].shape == (4, 3, 32, 32)
+    assert all(torch.equal(hr[0], hr[1]) and torch.equal(hr[0], hr[2]) for hr in crops["hr"])
+    plain = precompute(student, manifest, count=4, crop=32, degraded_fraction=1.0, seed=0, batch=2)
+    assert not any(torch.equal(hr[0], hr[1]) for hr in plain["hr"])
+    assert not torch.equal(plain["lr"], precompute(student, manifest, count=4, crop=32, degraded_fraction=1.0, seed=0,
+                                                   batch=2, sampling=CropSettings(degradation="sensor"))["lr"])

@@ -29,7 +29,7 @@ from backend.models import load, read_metadata
 from backend.consistency import back_project
 from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, laplace_nll, output_kind, save_head
 from backend.models.weights import file_sha256
-from training.data.crops import CropDataset, scenes_from_manifest
+from training.data.crops import DEGRADATIONS, CropDataset, CropSettings, dataset_options, scenes_from_manifest
 
 CROP = 192
 """HR side of a cached crop: 48 LR pixels, larger than the head's receptive field and the training sub-crop."""
@@ -40,12 +40,15 @@ DEGRADED_FRACTION = 0.5
 
 
 def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, degraded_fraction: float,
-               seed: int, batch: int = 8, consistency: bool = False) -> dict:
+               seed: int, batch: int = 8, consistency: bool = False,
+               sampling: CropSettings = CropSettings()) -> dict:
     """{"lr", "sr", "hr" (float16 tensors), "sensor" (list), "degraded" (bool tensor)} of `count` train crops;
-    with `consistency` the SR is back-projected to the LR, as the engine writes it by default."""
+    with `consistency` the SR is back-projected to the LR, as the engine writes it by default. `sampling`'s
+    remote-sensing options (single-band crops, the degradation chain) draw the crops as a student's data
+    section would."""
     scenes = scenes_from_manifest(manifest)
     dataset = CropDataset(scenes, crop=crop, scale=student.scale, role="train", length=count, seed=seed,
-                          degraded_fraction=degraded_fraction)
+                          degraded_fraction=degraded_fraction, **dataset_options(sampling, manifest))
     lrs, srs, hrs, sensors, degraded = [], [], [], [], []
     for start in range(0, count, batch):
         items = [dataset[i] for i in range(start, min(count, start + batch))]
@@ -63,16 +66,20 @@ def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, 
 
 
 def cached_crops(student_path: Path, manifest: Path, cache: Path, count: int, crop: int,
-                 degraded_fraction: float, seed: int, consistency: bool = False) -> dict:
+                 degraded_fraction: float, seed: int, consistency: bool = False,
+                 sampling: CropSettings = CropSettings()) -> dict:
     """The precomputed crops for this student and settings, computed and saved on first use."""
     sha = file_sha256(str(student_path))
     suffix = "_consistent" if consistency else ""
+    if sampling != CropSettings():
+        suffix += f"_b{sampling.single_band_fraction:g}_{sampling.degradation}"
     path = cache / f"crops_{sha[:12]}_n{count}_c{crop}_d{degraded_fraction:g}_s{seed}{suffix}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     student = load(student_path)
     start = time.monotonic()
-    crops = precompute(student, manifest, count, crop, degraded_fraction, seed, consistency=consistency)
+    crops = precompute(student, manifest, count, crop, degraded_fraction, seed, consistency=consistency,
+                       sampling=sampling)
     print(f"precomputed {count} crops in {time.monotonic() - start:.0f} s -> {path}", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(crops, path)
@@ -149,17 +156,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--consistency", action="store_true",
                         help="learn the error of the output back-projected to the LR (the engine's default output)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--single-band-fraction", type=float, default=0.0,
+                        help="share of crops from the manifest's single-band files (every Sentinel-2 / Landsat 8 band)")
+    parser.add_argument("--degradation", default=CropSettings.degradation, choices=DEGRADATIONS,
+                        help="the chain that degrades the degraded crops")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     student_scale = read_metadata(args.student)["config"]["scale"]
+    sampling = CropSettings(degradation=args.degradation, single_band_fraction=args.single_band_fraction)
     crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed,
-                         args.consistency)
+                         args.consistency, sampling)
     crops = keep_sensors(crops, args.exclude_sensors)
     config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
     head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed)
     families = sorted(set(crops["sensor"]))
     meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
+            "degradation": args.degradation, "single_band_fraction": f"{args.single_band_fraction:g}",
             "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency),
             "command": "python -m training.stages.error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
