@@ -20,8 +20,8 @@ import torch
 from osgeo import gdal
 
 from backend.normalisation import Normalisation, resolve
-from training.data.crops import (BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, augment_together, nodata_mask,
-                                 read_decimated)
+from training.data.crops import (BRIGHT_LEVEL, DEFAULT_SPEC, MAX_BRIGHT_SHARE, MAX_DRAWS, augment_together,
+                                 nodata_mask, read_decimated)
 from training.data.realesrgan_degradation import bicubic_downsample
 from training.data.scene_split import ROLES, Block
 
@@ -29,7 +29,6 @@ gdal.UseExceptions()
 
 REAL_PAIR = "real pair"
 """The lr_kind of a training item cut from a real pair."""
-MAX_DRAWS = 30
 
 
 def pair_entries(manifest: Path, names: Optional[Sequence[str]] = None) -> list[dict]:
@@ -129,12 +128,13 @@ class PairCrops:
                         for block in pair.blocks(role) if block.width >= self.side and block.height >= self.side]
         if not self.choices:
             raise ValueError(f"no one-band x{scale} pair of {manifest} has a {role} block holding a {crop} px crop")
+        areas = np.array([block.width * block.height for _, block in self.choices], dtype=np.float64)
+        self.weights = areas / areas.sum()
 
     def item(self, rng: np.random.Generator, augmented: bool) -> dict:
         """One item drawn with `rng`: a pair and block by area, then a position; unusable draws are redrawn."""
-        weights = np.array([block.width * block.height for _, block in self.choices], dtype=np.float64)
         for _ in range(MAX_DRAWS):
-            pair, block = self.choices[rng.choice(len(self.choices), p=weights / weights.sum())]
+            pair, block = self.choices[rng.choice(len(self.choices), p=self.weights)]
             x = block.x + int(rng.integers(block.width - self.side + 1))
             y = block.y + int(rng.integers(block.height - self.side + 1))
             lr, hr, usable = pair.read(x, y, self.side)
