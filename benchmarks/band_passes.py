@@ -37,11 +37,12 @@ import torch
 
 from backend.bands import plan_passes
 from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
-                                gdal_upsample, model_upsampler, publish, rounded_down)
+                                gdal_upsample, publish, rounded_down)
 from training.data.band_files import Grid
 from training.data.crops import SceneReader, band_scenes_from_manifest, evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import make_lr
 from training.evaluation.metrics import psnr_y
+from training.evaluation.scoring import model_upsampler
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 CARD_MARKERS = ("<!-- begin: table written by benchmarks.band_passes --card -->",

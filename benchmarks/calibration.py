@@ -29,7 +29,6 @@ The student's outputs are cached under --cache (keyed by its sha256, role and ti
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from backend.models import load
-from backend.models.error_head import load_head, predict_error
+from backend.models.error_head import below_median_share, load_head, predict_error
 from backend.models.weights import file_sha256
-from benchmarks.quality import model_upsampler
+from training.evaluation.scoring import model_upsampler
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
 
 BLOCK = 16
-MEDIAN_OF_B = math.log(2.0)
-"""For a Laplace error of scale b, the median absolute error is b ln 2 (the mean is b)."""
 SPARSIFICATION_STEPS = 50
-
-
-def below_median_share(predicted_b: np.ndarray, abs_error: np.ndarray) -> float:
-    """Share of channel values [C, H, W] whose |error| is below the predicted median b ln 2 ([H, W])."""
-    return float((abs_error < predicted_b[None] * MEDIAN_OF_B).mean())
 
 
 def block_means(values: np.ndarray, block: int = BLOCK) -> np.ndarray:

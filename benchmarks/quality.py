@@ -35,13 +35,12 @@ import numpy as np
 import torch
 from osgeo import gdal
 
-from backend.engine import RGB_PASS, super_resolve_array
-from slimdiffsr_qgis.contract import SUPPORTED_SCALES, RunRequest
+from slimdiffsr_qgis.contract import SUPPORTED_SCALES
 from training.data.crops import DEFAULT_SPEC, scenes_from_manifest
 from training.evaluation.images import held_out_images
 from training.evaluation.lr import DEGRADATION_SEED, EVALUATION_LR_KINDS, LR_KINDS
 from training.evaluation.metrics import NiqeModel, niqe_score
-from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, score_images
+from training.evaluation.scoring import MetricSet, Scores, ScoreKey, Upsampler, model_upsampler, score_images
 
 gdal.UseExceptions()
 
@@ -63,17 +62,6 @@ def gdal_upsample(lr01: np.ndarray, scale: int, algorithm: str) -> np.ndarray:
     values = result.ReadAsArray().astype(np.float32).reshape(channels, height * scale, width * scale)
     result = source = None
     return values
-
-
-def model_upsampler(model: torch.nn.Module, consistency: bool = False,
-                    passes: Sequence[tuple[int, ...]] = RGB_PASS) -> Upsampler:
-    """The engine's tiled, blended inference with its default tile and overlap, on the CPU; with `consistency`,
-    each tile back-projected to its input as the engine's option does. `passes`: the engine's band passes
-    (0-based channels: a triplet together, any other band alone, replicated to three channels)."""
-    defaults = RunRequest.__dataclass_fields__
-    tile, overlap = defaults["tile"].default, defaults["overlap"].default
-    return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu",
-                                            passes=passes, consistency=consistency)
 
 
 def evaluate(manifest: Path, methods: dict[str, Upsampler], scale: int, niqe_model: NiqeModel,

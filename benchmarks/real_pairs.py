@@ -63,10 +63,11 @@ import torch.nn.functional as F
 
 from backend.engine import RGB_PASS
 from benchmarks.quality import (CONSISTENCY_SUFFIX, add_block_arguments, add_report_arguments, check_card_argument,
-                                gdal_upsample, model_upsampler, publish, rounded_down)
+                                gdal_upsample, publish, rounded_down)
 from training.data.pairs import PairFiles, pair_entries
 from training.data.scene_split import ROLES
 from training.data.realesrgan_degradation import bicubic_downsample
+from training.evaluation.scoring import model_upsampler
 
 Upsampler = Callable[[np.ndarray], np.ndarray]
 CARD_MARKERS = ("<!-- begin: table written by benchmarks.real_pairs --card -->",

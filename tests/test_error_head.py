@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from backend.models import load
-from backend.models.error_head import (ErrorHead, ErrorHeadConfig, head_beside, laplace_nll, load_head,
-                                       predict_error, save_head)
-from benchmarks.calibration import (Pooled, add_tile, block_means, below_median_share, format_table,
+from backend.models.error_head import (ErrorHead, ErrorHeadConfig, below_median_share, head_beside, laplace_nll,
+                                       level_factor, load_head, predict_error, rescaled, save_head)
+from benchmarks.calibration import (Pooled, add_tile, block_means, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
 from plugin_fixtures import write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
@@ -147,6 +147,27 @@ def test_a_predictor_off_by_a_factor_is_miscalibrated_but_ranks_as_well():
     assert below_median_share(b / 4, errors) < 0.25 and below_median_share(4 * b, errors) > 0.8
     assert spearman(block_means(4 * b), block_means(errors.mean(axis=0))) == \
         pytest.approx(spearman(block_means(b), block_means(errors.mean(axis=0))))
+
+
+def test_the_level_factor_is_what_a_predictor_off_by_a_factor_is_off_by():
+    b, errors = _laplace_errors()
+    factor = level_factor([b / 3], [errors])
+    assert factor == pytest.approx(3.0, rel=0.05)
+    assert below_median_share(factor * b / 3, errors) == pytest.approx(0.5, abs=0.005)
+
+
+def test_a_rescaled_head_multiplies_every_b_and_records_the_product_of_its_factors(tmp_path):
+    head = ErrorHead(SMALL)
+    torch.nn.init.normal_(head.out.weight, std=0.05)
+    lr, sr = _pair()
+    twice = rescaled(rescaled(head, 2.5, "tiles a"), 2.0, "tiles b")
+    np.testing.assert_allclose(predict_error(twice, lr, sr), 5.0 * predict_error(head, lr, sr), rtol=1e-4)
+    assert twice.meta["level_factor"] == "5" and twice.meta["recalibrated_on"] == "tiles b"
+    assert "level_factor" not in head.meta
+    save_head(twice, tmp_path / "head.safetensors", SHA, twice.meta)
+    assert load_head(tmp_path / "head.safetensors", SHA).meta["level_factor"] == "5"
+    with pytest.raises(ValueError, match="positive"):
+        rescaled(head, 0.0, "nothing")
 
 
 def test_sparsification_curve_of_the_oracle_falls_to_the_smallest_errors():

@@ -19,11 +19,13 @@ least that overlap gives the same map as one pass over the whole window.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -46,6 +48,10 @@ BICUBIC_RADIUS = 2
 HEAD_SUFFIX = ".error.safetensors"
 OUTPUT_KEY = "output"
 """Which output a head learnt the error of: the student's raw output, or it back-projected to the LR."""
+LEVEL_KEY = "level_factor"
+"""The factor a recalibration multiplied the head's b by (the product of all of them), absent when never."""
+MEDIAN_OF_B = math.log(2.0)
+"""For a Laplace error of scale b, the median absolute error is b ln 2 (the mean is b)."""
 PathLike = Union[str, os.PathLike]
 
 
@@ -127,6 +133,34 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
     sr = torch.from_numpy(np.clip(sr01, 0.0, 1.0).astype(np.float32))[None].to(device)
     with torch.inference_mode():
         return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
+
+
+def below_median_share(predicted_b: np.ndarray, abs_error: np.ndarray) -> float:
+    """Share of channel values [C, H, W] whose |error| is below the predicted median b ln 2 ([H, W]):
+    50 % when the head is calibrated."""
+    return float((abs_error < predicted_b[None] * MEDIAN_OF_B).mean())
+
+
+def level_factor(predicted_b: Sequence[np.ndarray], abs_error: Sequence[np.ndarray]) -> float:
+    """The factor k that makes k b ln 2 the median of the actual errors: the median over every channel value
+    of |e| / (b ln 2). predicted_b: [H, W] maps; abs_error: the matching [C, H, W] actual |errors|."""
+    ratios = [(error / (np.maximum(b, 1e-12)[None] * MEDIAN_OF_B)).ravel() for b, error in zip(predicted_b, abs_error)]
+    if not ratios or not sum(r.size for r in ratios):
+        raise ValueError("level_factor needs at least one pixel")
+    return float(np.median(np.concatenate(ratios)))
+
+
+def rescaled(head: ErrorHead, factor: float, reference: str) -> ErrorHead:
+    """A copy of `head` whose every b is `factor` times larger (folded into its output bias, so the file
+    format and cost stay the same), recording the factor and the `reference` it was measured on."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"a level factor must be a positive number, not {factor}")
+    copied = copy.deepcopy(head)
+    with torch.no_grad():
+        copied.out.bias += math.log(factor)
+    previous = float(head.meta.get(LEVEL_KEY, 1.0))
+    copied.meta = {**head.meta, LEVEL_KEY: f"{previous * factor:.6g}", "recalibrated_on": reference}
+    return copied
 
 
 def output_kind(consistency: bool) -> str:

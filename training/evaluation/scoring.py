@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from backend.engine import RGB_PASS, super_resolve_array
+from slimdiffsr_qgis.contract import RunRequest
 from training.data.crops import EvaluationTile
 from training.evaluation.dists import DISTS, load_dists
 from training.evaluation.lr import image_seed, make_lr
@@ -27,6 +29,17 @@ from training.losses.perceptual import LPIPS, build_perceptual
 Upsampler = Callable[[np.ndarray], np.ndarray]
 # (LR kind, method, sensor)
 ScoreKey = tuple[str, str, str]
+
+
+def model_upsampler(model: torch.nn.Module, consistency: bool = False,
+                    passes: Sequence[tuple[int, ...]] = RGB_PASS) -> Upsampler:
+    """The engine's tiled, blended inference with its default tile and overlap, on the CPU; with `consistency`,
+    each tile back-projected to its input as the engine's option does. `passes`: the engine's band passes
+    (0-based channels: a triplet together, any other band alone, replicated to three channels)."""
+    defaults = RunRequest.__dataclass_fields__
+    tile, overlap = defaults["tile"].default, defaults["overlap"].default
+    return lambda lr01: super_resolve_array(model, lr01.astype(np.float32), tile, overlap, batch=4, device="cpu",
+                                            passes=passes, consistency=consistency)
 
 
 @dataclass(frozen=True)
