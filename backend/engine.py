@@ -575,7 +575,7 @@ class Engine:
             return contextlib.nullcontext(None)
         plan = prepared.plan
         return error_raster(request.uncertainty, request, source, plan.window, plan.width, plan.height,
-                            head_beside(loaded.weights).name)
+                            head_beside(loaded.weights).name, self.error_head(request, loaded))
 
     def _output(self, request: RunRequest, source: SourceRaster, prepared: Prepared, loaded: LoadedModel,
                 path: str, height: Optional[int] = None) -> OutputRaster:

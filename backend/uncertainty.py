@@ -19,7 +19,7 @@ from torch import nn
 
 from slimdiffsr_qgis.contract import BadInput, RunRequest
 
-from .models.error_head import ErrorHead, head_beside, head_output, load_head, output_kind
+from .models.error_head import LEVEL_KEY, RECALIBRATED_KEY, ErrorHead, head_beside, head_output, load_head, output_kind
 from .normalisation import Normalisation
 from .raster import OutputBand, OutputRaster, SourceRaster, Window
 
@@ -65,11 +65,15 @@ def to_output_units(errors: np.ndarray, normalisation: Normalisation) -> np.ndar
 
 
 def error_raster(path: str, request: RunRequest, source: SourceRaster, window: Window, width: int, height: int,
-                 head_file: str) -> OutputRaster:
-    """The float32 uncertainty GeoTIFF on the output's grid, one band per output band, NaN as nodata."""
+                 head_file: str, head: ErrorHead) -> OutputRaster:
+    """The float32 uncertainty GeoTIFF on the output's grid, one band per output band, NaN as nodata; its
+    metadata names the head and, for a head recalibrated to a sensor, the factor and the references."""
     bands = [OutputBand(band.colour, f"expected |error| of {band.description or f'band {number}'}", float("nan"))
              for band, number in zip(source.output_bands(np.dtype(np.float32)), source.band_numbers)]
     metadata = {"SLIMDIFFSR_UNCERTAINTY": DESCRIPTION, "SLIMDIFFSR_ERROR_HEAD": head_file,
                 "SLIMDIFFSR_UNCERTAINTY_OF": Path(request.output).name}
+    if LEVEL_KEY in head.meta:
+        metadata["SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR"] = head.meta[LEVEL_KEY]
+        metadata["SLIMDIFFSR_ERROR_HEAD_RECALIBRATED_ON"] = head.meta.get(RECALIBRATED_KEY, "")
     return OutputRaster(path, width, height, np.dtype(np.float32), source.output_geotransform(window, request.scale),
                         source.wkt, bands, False, metadata)

@@ -3,14 +3,19 @@ carrying the shipped file's metadata and a head beside it."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+from osgeo import gdal
 
+from backend.engine import Engine
 from backend.models import load
 from backend.models.error_head import head_beside, load_head
 from backend.models.weights import file_sha256
 from plugin_fixtures import student_with_head
 from rasters import smooth_image, write_raster
+from slimdiffsr_qgis.contract import RunRequest
 from training.stages.recalibrate_head import below_median, main, measured_errors, raster_tiles
 
 
@@ -53,3 +58,29 @@ def test_a_reference_without_a_whole_tile_and_an_overwrite_are_refused(tmp_path)
     with pytest.raises(SystemExit, match="give three of them with --bands"):
         main(["--student", weights, "--head", str(head_beside(weights)), "--out", str(tmp_path / "o.safetensors"),
               "--reference", two_bands])
+
+
+def test_a_run_with_the_recalibrated_head_beside_the_weights_writes_k_times_the_layer_and_says_so(tmp_path):
+    (tmp_path / "shipped").mkdir()
+    weights = student_with_head(tmp_path / "shipped")
+    sensor = tmp_path / "sensor"
+    sensor.mkdir()
+    copied = shutil.copy(weights, sensor / "tiny.safetensors")
+    assert main(["--student", weights, "--head", str(head_beside(weights)), "--out",
+                 str(sensor / "tiny.error.safetensors"), "--reference", *_references(tmp_path)]) == 0
+    factor = float(load_head(sensor / "tiny.error.safetensors").meta["level_factor"])
+    source = write_raster(str(tmp_path / "in.tif"), (smooth_image(3, 40, 40, seed=5) * 255).astype(np.uint8))
+    layers = []
+    for folder, model in (("a", weights), ("b", copied)):
+        out = tmp_path / folder
+        out.mkdir()
+        result = Engine().run(RunRequest(source, str(out / "out.tif"), weights=str(model), scale=4, device="cpu",
+                                         uncertainty=str(out / "out_error.tif")))
+        dataset = gdal.Open(result.uncertainty)
+        layers.append((dataset.ReadAsArray(), dataset.GetMetadata()))
+        dataset = None
+    (before, plain), (after, recalibrated) = layers
+    np.testing.assert_allclose(after, factor * before, rtol=1e-4)
+    assert "SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR" not in plain
+    assert float(recalibrated["SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR"]) == pytest.approx(factor, rel=1e-5)
+    assert "rgb.tif, pan.tif" in recalibrated["SLIMDIFFSR_ERROR_HEAD_RECALIBRATED_ON"]

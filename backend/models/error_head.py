@@ -50,6 +50,8 @@ OUTPUT_KEY = "output"
 """Which output a head learnt the error of: the student's raw output, or it back-projected to the LR."""
 LEVEL_KEY = "level_factor"
 """The factor a recalibration multiplied the head's b by (the product of all of them), absent when never."""
+RECALIBRATED_KEY = "recalibrated_on"
+"""The reference images the last recalibration measured its factor on."""
 MEDIAN_OF_B = math.log(2.0)
 """For a Laplace error of scale b, the median absolute error is b ln 2 (the mean is b)."""
 PathLike = Union[str, os.PathLike]
@@ -159,7 +161,7 @@ def rescaled(head: ErrorHead, factor: float, reference: str) -> ErrorHead:
     with torch.no_grad():
         copied.out.bias += math.log(factor)
     previous = float(head.meta.get(LEVEL_KEY, 1.0))
-    copied.meta = {**head.meta, LEVEL_KEY: f"{previous * factor:.6g}", "recalibrated_on": reference}
+    copied.meta = {**head.meta, LEVEL_KEY: f"{previous * factor:.6g}", RECALIBRATED_KEY: reference}
     return copied
 
 
