@@ -25,14 +25,16 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
+from torch import nn
 
 from backend.models import load
-from backend.models.error_head import (below_median_share, head_output, level_factor, load_head, output_kind,
-                                       predict_error, rescaled, save_head)
+from backend.models.error_head import (ErrorHead, below_median_share, head_output, level_factor, load_head,
+                                       output_kind, predict_error, rescaled, save_head)
 from backend.models.weights import file_sha256
 from backend.normalisation import default_spec, resolve
 from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import evaluation_tiles, scenes_from_manifest
+from training.data.scene_split import ROLES
 from training.evaluation.lr import LR_KINDS, image_seed, make_lr
 from training.evaluation.scoring import model_upsampler
 
@@ -72,7 +74,7 @@ def manifest_tiles(manifest: Path, sensors: Sequence[str], role: str, tile: int 
         yield item.hr.astype(np.float32)
 
 
-def measured_errors(student, head, tiles: Sequence[np.ndarray], consistency: bool,
+def measured_errors(student: nn.Module, head: ErrorHead, tiles: Sequence[np.ndarray], consistency: bool,
                     kinds: Sequence[str] = LR_KINDS) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(predicted b [H, W], actual |error| [C, H, W]) of every tile and LR kind, the output made as the engine
     writes it (back-projected with `consistency`)."""
@@ -103,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source.add_argument("--reference", type=Path, nargs="+", metavar="RASTER",
                         help="HR reference rasters of the sensor (GeoTIFF or any GDAL raster), at least 192 px")
     source.add_argument("--sensors", nargs="+", metavar="FAMILY", help="instead: the manifest's blocks of these families")
-    parser.add_argument("--role", default="validation", help="with --sensors: the blocks' role")
+    parser.add_argument("--role", default="validation", choices=ROLES, help="with --sensors: the blocks' role")
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="with --sensors: data manifest")
     parser.add_argument("--bands", type=int, nargs=3, default=(1, 2, 3), metavar="B",
                         help="with --reference: the three bands (1-based) of a multi-band raster, in the student's order")
