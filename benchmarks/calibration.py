@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from backend.models import load
 from backend.models.error_head import below_median_share, load_head, predict_error
 from backend.models.weights import file_sha256
-from training.evaluation.scoring import model_upsampler
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
+from training.evaluation.scoring import model_upsampler
 
 BLOCK = 16
 SPARSIFICATION_STEPS = 50

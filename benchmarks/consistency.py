@@ -24,9 +24,9 @@ import torch
 
 from backend.consistency import consistency_figures
 from backend.models import load
-from training.evaluation.scoring import model_upsampler
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
+from training.evaluation.scoring import model_upsampler
 
 VARIANTS = {"plain": False, "back-projected": True}
 

@@ -20,9 +20,9 @@ from PIL import Image, ImageDraw
 
 from backend.models import load
 from benchmarks.quality import gdal_upsample
-from training.evaluation.scoring import model_upsampler
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import make_lr
+from training.evaluation.scoring import model_upsampler
 
 LABEL_HEIGHT = 18
 

@@ -104,11 +104,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--reference", type=Path, nargs="+", metavar="RASTER",
                         help="HR reference rasters of the sensor (GeoTIFF or any GDAL raster), at least 192 px")
-    source.add_argument("--sensors", nargs="+", metavar="FAMILY", help="instead: the manifest's blocks of these families")
+    source.add_argument("--sensors", nargs="+", metavar="FAMILY",
+                        help="instead: the manifest's blocks of these families")
     parser.add_argument("--role", default="validation", choices=ROLES, help="with --sensors: the blocks' role")
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="with --sensors: data manifest")
     parser.add_argument("--bands", type=int, nargs=3, default=(1, 2, 3), metavar="B",
-                        help="with --reference: the three bands (1-based) of a multi-band raster, in the student's order")
+                        help="with --reference: the three bands (1-based) of a multi-band raster, in the "
+                             "student's order")
     args = parser.parse_args(argv)
     if args.out.resolve() == args.head.resolve():
         parser.error("--out must differ from --head: the head it starts from stays as it is")
