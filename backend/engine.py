@@ -175,7 +175,7 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
     tile normalise by its own content. progress(n) is called after each tile pass (a batch's last pass
     counts once the caller has taken its tiles). Cancellation is checked before every pass of every
     batch. With `consistency`, each tile's output is back-projected toward its input. With an
-    `error_head`, C more channels follow the output: each band's expected absolute error (model units),
+    `error_head`, C more channels follow the output: each band's median absolute error (model units),
     the map the head predicts for the band's pass.
     """
     shared = list(statistics) if statistics is not None else [None] * len(passes)

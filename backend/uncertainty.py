@@ -1,11 +1,11 @@
-"""The uncertainty layer of a run: the expected absolute error of every output pixel, in the output's units.
+"""The uncertainty layer of a run: the median absolute error expected of every output pixel, in the output's units.
 
 The error head (`backend.models.error_head`) beside the student's weights predicts, per HR pixel of each
-band pass, the scale b of a Laplace distribution of the error in the model's [0, 1] units; b is the
-expected absolute error (docs/trust.md gives its calibration). The engine runs it on every tile right after
-the student, blends its maps with the same weights as the output, and this module turns them into the
-output's units (b times each band's normalisation span) and writes them as a float32 GeoTIFF on exactly the
-output's grid, NaN where the output is nodata.
+band pass, the median absolute error in the model's [0, 1] units: half of the pixel's values are expected to
+err by less (docs/trust.md gives its calibration). The engine runs it on every tile right after the student,
+blends its maps with the same weights as the output, and this module turns them into the output's units
+(times each band's normalisation span) and writes them as a float32 GeoTIFF on exactly the output's grid,
+NaN where the output is nodata.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from slimdiffsr_qgis.contract import BadInput, RunRequest
 
-from .models.error_head import LEVEL_KEY, RECALIBRATED_KEY, ErrorHead, head_beside, head_output, load_head, output_kind
+from .models.error_head import (LEVEL_KEY, RECALIBRATED_KEY, ErrorHead, head_beside, head_output, load_head,
+                                median_of_output, output_kind)
 from .normalisation import Normalisation
 from .raster import OutputBand, OutputRaster, SourceRaster, Window
 
-DESCRIPTION = ("Expected absolute error of each output pixel, in the output's units: the scale b of a Laplace "
-               "distribution of its error, predicted by the error head (median absolute error = b ln 2)")
+DESCRIPTION = ("Median absolute error expected of each output pixel, in the output's units: half of its values "
+               "are expected to err by less, as predicted by the error head")
 
 
 def load_error_head(request: RunRequest, weights: Optional[str], sha256: Optional[str],
@@ -52,10 +52,10 @@ def _outputs(kind: str) -> str:
     return "raw outputs" if kind == output_kind(False) else f"outputs {kind}"
 
 
-def error_maps(head: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] expected absolute error (model units) of outputs [B, 3, H, W] made from inputs [B, 3, h, w]."""
+def error_maps(head: ErrorHead, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] median absolute error (model units) of outputs [B, 3, H, W] made from inputs [B, 3, h, w]."""
     with torch.inference_mode():
-        return torch.exp(head(inputs.float(), outputs.float().clamp(0.0, 1.0)))
+        return torch.exp(head(inputs.float(), outputs.float().clamp(0.0, 1.0))) * median_of_output(head)
 
 
 def to_output_units(errors: np.ndarray, normalisation: Normalisation) -> np.ndarray:
@@ -68,7 +68,7 @@ def error_raster(path: str, request: RunRequest, source: SourceRaster, window: W
                  head_file: str, head: ErrorHead) -> OutputRaster:
     """The float32 uncertainty GeoTIFF on the output's grid, one band per output band, NaN as nodata; its
     metadata names the head and, for a head recalibrated to a sensor, the factor and the references."""
-    bands = [OutputBand(band.colour, f"expected |error| of {band.description or f'band {number}'}", float("nan"))
+    bands = [OutputBand(band.colour, f"median |error| of {band.description or f'band {number}'}", float("nan"))
              for band, number in zip(source.output_bands(np.dtype(np.float32)), source.band_numbers)]
     metadata = {"SLIMDIFFSR_UNCERTAINTY": DESCRIPTION, "SLIMDIFFSR_ERROR_HEAD": head_file,
                 "SLIMDIFFSR_UNCERTAINTY_OF": Path(request.output).name}

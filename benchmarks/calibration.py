@@ -4,12 +4,13 @@ On the manifest's test blocks (validation with `--role validation`, the ones to
 choose a recipe on), every HR tile is downsampled to LR as benchmarks.quality
 does (clean bicubic, and Real-ESRGAN with seed DEGRADATION_SEED + tile index),
 super-resolved by the student through the engine's tiled inference, and the head
-predicts b, the expected absolute error of each output pixel's channel values
-(Laplace scale). Per sensor family and LR kind:
+predicts the median absolute error of each output pixel's channel values (b ln 2
+for a head that learnt the Laplace scale b). Per sensor family and LR kind:
 
 - below median: the share of channel values whose actual |error| is below the
-  predicted median absolute error b ln 2 (calibrated: 50 %);
-- |e| / b: mean actual |error| over mean predicted b (calibrated: 1);
+  predicted median absolute error (calibrated: 50 %);
+- level: the median over channel values of actual |error| / predicted median, the
+  factor the prediction is off by (calibrated: 1);
 - Spearman 16 px: rank correlation between predicted and actual mean error over
   16x16 blocks, pooled over the family's tiles, and the median (and minimum) of
   the same per tile; beside it the same pooled figure for the hand-made
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.models import load
-from backend.models.error_head import below_median_share, load_head, predict_error
+from backend.models.error_head import below_median_share, level_factor, load_head, median_of_output, predict_error
 from backend.models.weights import file_sha256
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
@@ -104,8 +105,8 @@ class Pooled:
 
     below: list = field(default_factory=list)
     counts: list = field(default_factory=list)
-    error_sum: float = 0.0
-    b_sum: float = 0.0
+    medians: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
     predicted_blocks: list = field(default_factory=list)
     actual_blocks: list = field(default_factory=list)
     baseline_blocks: list = field(default_factory=list)
@@ -114,19 +115,20 @@ class Pooled:
     actual_pixels: list = field(default_factory=list)
 
 
-def add_tile(entry: Pooled, predicted_b: np.ndarray, abs_error: np.ndarray, baseline: np.ndarray) -> None:
-    """Adds one tile's predicted b [H, W], actual |error| [C, H, W] and hand-made predictor [H, W] to `entry`."""
+def add_tile(entry: Pooled, predicted_median: np.ndarray, abs_error: np.ndarray, baseline: np.ndarray) -> None:
+    """Adds one tile's predicted median absolute error [H, W], actual |error| [C, H, W] and hand-made
+    predictor [H, W] to `entry`."""
     pixel_error = abs_error.mean(axis=0)
-    entry.below.append(below_median_share(predicted_b, abs_error))
+    entry.below.append(below_median_share(predicted_median, abs_error))
     entry.counts.append(abs_error.size)
-    entry.error_sum += float(abs_error.sum())
-    entry.b_sum += float(predicted_b.sum()) * abs_error.shape[0]
-    predicted, actual = block_means(predicted_b), block_means(pixel_error)
+    entry.medians.append(predicted_median)
+    entry.errors.append(abs_error)
+    predicted, actual = block_means(predicted_median), block_means(pixel_error)
     entry.predicted_blocks.append(predicted)
     entry.actual_blocks.append(actual)
     entry.baseline_blocks.append(block_means(baseline))
     entry.tile_spearman.append(spearman(predicted, actual))
-    entry.predicted_pixels.append(predicted_b.ravel())
+    entry.predicted_pixels.append(predicted_median.ravel())
     entry.actual_pixels.append(pixel_error.ravel())
 
 
@@ -173,7 +175,8 @@ def score(tiles: Sequence[dict], head: torch.nn.Module, sensors: Optional[Sequen
             lr = item[f"lr_{kind}"].numpy().astype(np.float32)
             sr = item[f"sr_{kind}"].numpy().astype(np.float32)
             entry = pooled.setdefault((kind, item["sensor"]), Pooled())
-            add_tile(entry, predict_error(head, lr, sr), np.abs(sr - hr), bicubic_residual(lr, sr))
+            predicted_median = predict_error(head, lr, sr) * median_of_output(head)
+            add_tile(entry, predicted_median, np.abs(sr - hr), bicubic_residual(lr, sr))
     return pooled
 
 
@@ -185,7 +188,7 @@ def table_row(kind: str, family: str, entry: Pooled) -> str:
     per_tile = np.array(entry.tile_spearman)
     head, random, oracle = sparsification_areas(np.concatenate(entry.predicted_pixels),
                                                 np.concatenate(entry.actual_pixels))
-    return (f"| {kind} | {family} | {len(entry.below)} | {100 * below:.1f} | {entry.error_sum / entry.b_sum:.2f} "
+    return (f"| {kind} | {family} | {len(entry.below)} | {100 * below:.1f} | {level_factor(entry.medians, entry.errors):.2f} "
             f"| {pooled:.2f} | {np.nanmedian(per_tile):.2f} [{np.nanmin(per_tile):.2f}] | {baseline:.2f} "
             f"| {head:.3f} / {random:.0f} / {oracle:.3f} | {sparsification_gap(head, random, oracle):.2f} |")
 
@@ -193,7 +196,7 @@ def table_row(kind: str, family: str, entry: Pooled) -> str:
 def format_table(pooled: dict[tuple[str, str], Pooled], title: str) -> str:
     """The calibration table, rows per LR kind and family."""
     lines = [title, "",
-             "| LR | family | tiles | below median (%) | mean \\|e\\| / mean b | Spearman 16 px (pooled) "
+             "| LR | family | tiles | below median (%) | level | Spearman 16 px (pooled) "
              "| Spearman per tile: median [min] | \\|SR - bicubic\\| Spearman | sparsification area: head / random "
              "/ oracle | gap |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -227,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trained_on = head.meta.get("trained_on", "?")
     table = format_table(pooled, f"Error head {args.head.name} (trained on {trained_on}) on the {args.role} blocks, "
                                  f"{args.tile} px tiles{', output back-projected to the LR' if args.consistency else ''}; "
-                                 f"b = predicted expected |error| per pixel.")
+                                 f"predicted median |error| per pixel.")
     table += f"\nCommand: python -m benchmarks.calibration {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     print(table)
     if args.out:

@@ -54,17 +54,19 @@ def write_tiny_shipped_like_weights(path: Path, scale: int = 4) -> str:
     return str(path)
 
 
-def student_with_head(folder: Path, consistency: bool = True) -> str:
-    """A tiny shipped-like student with a (random, fixed) error head beside it, trained-for its sha256."""
+def student_with_head(folder: Path, consistency: bool = True, statistic: str = "") -> str:
+    """A tiny shipped-like student with a (random, fixed) error head beside it, trained-for its sha256; its
+    output is the median absolute error unless `statistic` names another (backend.models.error_head)."""
     import torch
 
-    from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, output_kind, save_head
+    from backend.models.error_head import (MEDIAN, OUTPUT_KEY, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
+                                           output_kind, save_head)
     from backend.models.weights import file_sha256
 
     weights = write_tiny_shipped_like_weights(folder / "tiny.safetensors")
     torch.manual_seed(1)
     save_head(ErrorHead(ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))), folder / "tiny.error.safetensors",
-              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency)})
+              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency), STATISTIC_KEY: statistic or MEDIAN})
     return weights
 
 

@@ -119,6 +119,7 @@ def test_uncertainty_writes_the_error_layer_beside_the_output_and_info_describes
     info = slimdiffsr("info", str(tmp_path / "tiny.error.safetensors"))
     assert info.returncode == 0, info.stderr
     assert "error head" in info.stdout and "output whose error it learnt: back-projected to the input" in info.stdout
+    assert "statistic: median absolute error" in info.stdout
 
 
 def test_uncertainty_names_one_file_so_it_takes_one_input(scene, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from osgeo import gdal
 
 from backend.engine import Engine
+from backend.models.error_head import MEAN, MEDIAN, MEDIAN_OF_B
 from plugin_fixtures import student_with_head, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput, RunRequest
@@ -33,7 +34,7 @@ def test_the_layer_lies_on_the_outputs_grid_with_nan_where_the_output_is_nodata(
     assert errors.GetProjection() == output.GetProjection()
     assert errors.GetRasterBand(1).DataType == gdal.GDT_Float32
     assert np.isnan(errors.GetRasterBand(1).GetNoDataValue())
-    assert "Expected absolute error" in errors.GetMetadataItem("SLIMDIFFSR_UNCERTAINTY")
+    assert "Median absolute error" in errors.GetMetadataItem("SLIMDIFFSR_UNCERTAINTY")
     expected = errors.ReadAsArray()
     output = errors = None
     assert np.isnan(expected[:, :, :24]).all(), "the nodata collar is nodata in the layer too"
@@ -43,6 +44,18 @@ def test_the_layer_lies_on_the_outputs_grid_with_nan_where_the_output_is_nodata(
     assert inside.mean() > 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif", "out_error.tif", "tiny.error.safetensors",
                                                           "tiny.safetensors"]
+
+
+def test_the_layer_is_the_median_error_whichever_statistic_the_head_learnt(tmp_path):
+    source = write_raster(str(tmp_path / "in.tif"), (smooth_image(3, 40, 40) * 255).astype(np.uint8))
+    layers = {}
+    for statistic in (MEDIAN, MEAN):
+        folder = tmp_path / statistic.split()[0]
+        folder.mkdir()
+        result = Engine().run(request(source, folder, student_with_head(folder, statistic=statistic)))
+        layers[statistic] = gdal.Open(result.uncertainty).ReadAsArray()
+    # A Laplace-scale head's b becomes its median b ln 2; the same weights read as a median head write them as is.
+    np.testing.assert_allclose(layers[MEAN], layers[MEDIAN] * MEDIAN_OF_B, rtol=1e-5)
 
 
 def test_weights_without_a_head_are_refused_before_any_compute(tmp_path):

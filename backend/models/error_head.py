@@ -6,10 +6,14 @@ texture that causes the error; so the error is learned. The head reads the LR ti
 and the student's SR tile brought back to the LR grid by space-to-depth (the SR
 minus the bicubic upsampling of the LR, so it sees what the student added), runs a
 few 3x3 convs at LR resolution, and writes s*s values per LR pixel that pixel-shuffle
-to one log b per HR pixel. b is the scale of a Laplace distribution of the error of
-each of the pixel's 3 channel values, trained with the Laplace negative
-log-likelihood |e|/b + log b, so b is the expected absolute error E|e| and b ln 2
-the median absolute error, in the units of the model's [0, 1] values.
+to one log value per HR pixel, in the units of the model's [0, 1] values. What
+that value is, the file says (STATISTIC_KEY): the median absolute error of the
+pixel's 3 channel values, learnt with the pinball loss at the median (median_loss),
+or the scale b of a Laplace distribution of that error, learnt with its negative
+log-likelihood (laplace_nll), whose median is b ln 2. Runs always write the median:
+it is what "half of the values err by less than this" promises, and the Laplace
+scale turns out to place the median wrong when the error is noise-like (degraded
+input: about 42 % of Gaussian errors fall below b ln 2, not 50 %).
 
 A head is tied to the student it was trained on: its file records the sha256 of
 that student's weights file, and `load_head` refuses it for another student.
@@ -54,6 +58,9 @@ RECALIBRATED_KEY = "recalibrated_on"
 """The reference images the last recalibration measured its factor on."""
 MEDIAN_OF_B = math.log(2.0)
 """For a Laplace error of scale b, the median absolute error is b ln 2 (the mean is b)."""
+STATISTIC_KEY = "statistic"
+"""What a head's output is: MEDIAN (trained with median_loss) or MEAN (laplace_nll; heads from before the key)."""
+MEDIAN, MEAN = "median absolute error", "mean absolute error (Laplace scale)"
 PathLike = Union[str, os.PathLike]
 
 
@@ -120,6 +127,24 @@ def laplace_nll(log_b: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torc
     return ((sr - hr).abs() * torch.exp(-log_b) + log_b).mean()
 
 
+def median_loss(log_m: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean pinball loss at the median of the errors |sr - hr| against m (shared by a pixel's channels), each
+    pixel divided by its own m (held constant): the gradient in log m is the sign of m - |e| whatever the
+    pixel's error level, so quiet and busy pixels learn alike, and the optimum is still the median."""
+    median = torch.exp(log_m)
+    return ((sr - hr).abs() - median).abs().div(median.detach()).mean()
+
+
+def head_statistic(head: "ErrorHead") -> str:
+    """What the head's output is (MEDIAN or MEAN); heads from before the key learnt the Laplace scale."""
+    return (getattr(head, "meta", None) or {}).get(STATISTIC_KEY, MEAN)
+
+
+def median_of_output(head: "ErrorHead") -> float:
+    """The factor that turns the head's output into the median absolute error it predicts."""
+    return 1.0 if head_statistic(head) == MEDIAN else MEDIAN_OF_B
+
+
 def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
     """[h*s, w*s] float32 expected absolute error (b) of each output pixel's channel values, in [0, 1] units.
 
@@ -137,23 +162,24 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
         return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
 
 
-def below_median_share(predicted_b: np.ndarray, abs_error: np.ndarray) -> float:
-    """Share of channel values [C, H, W] whose |error| is below the predicted median b ln 2 ([H, W]):
+def below_median_share(predicted_median: np.ndarray, abs_error: np.ndarray) -> float:
+    """Share of channel values [C, H, W] whose |error| is below the predicted median absolute error ([H, W]):
     50 % when the head is calibrated."""
-    return float((abs_error < predicted_b[None] * MEDIAN_OF_B).mean())
+    return float((abs_error < predicted_median[None]).mean())
 
 
-def level_factor(predicted_b: Sequence[np.ndarray], abs_error: Sequence[np.ndarray]) -> float:
-    """The factor k that makes k b ln 2 the median of the actual errors: the median over every channel value
-    of |e| / (b ln 2). predicted_b: [H, W] maps; abs_error: the matching [C, H, W] actual |errors|."""
-    ratios = [(error / (np.maximum(b, 1e-12)[None] * MEDIAN_OF_B)).ravel() for b, error in zip(predicted_b, abs_error)]
+def level_factor(predicted_median: Sequence[np.ndarray], abs_error: Sequence[np.ndarray]) -> float:
+    """The factor k that makes k times the predicted median the median of the actual errors: the median over
+    every channel value of |e| / predicted median. predicted_median: [H, W] maps; abs_error: the matching
+    [C, H, W] actual |errors|."""
+    ratios = [(error / np.maximum(median, 1e-12)[None]).ravel() for median, error in zip(predicted_median, abs_error)]
     if not ratios or not sum(r.size for r in ratios):
         raise ValueError("level_factor needs at least one pixel")
     return float(np.median(np.concatenate(ratios)))
 
 
 def rescaled(head: ErrorHead, factor: float, reference: str) -> ErrorHead:
-    """A copy of `head` whose every b is `factor` times larger (folded into its output bias, so the file
+    """A copy of `head` whose every output is `factor` times larger (folded into its output bias, so the file
     format and cost stay the same), recording the factor and the `reference` it was measured on."""
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"a level factor must be a positive number, not {factor}")

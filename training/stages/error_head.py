@@ -7,8 +7,9 @@ The student is frozen, so its outputs are computed once: (LR, SR, HR) crops of
 the manifest's TRAIN blocks, clean and Real-ESRGAN-degraded LR mixed as the
 student was trained, are cached under --cache keyed by the student's sha256 and
 the crop settings. Training then only runs the head, on random LR sub-crops of
-the cached ones, with the Laplace negative log-likelihood; a run on one CPU
-thread takes minutes. The learning rate follows a cosine over --steps or --minutes, whichever ends first;
+the cached ones, with the pinball loss at the median (`--statistic median`, the
+default) or the Laplace negative log-likelihood (`--statistic mean`); a run on one
+CPU thread takes minutes. The learning rate follows a cosine over --steps or --minutes, whichever ends first;
 a run that ends by its step count is reproducible. `--exclude-sensors` leaves families out of the training
 crops, for the held-out-family calibration in benchmarks.calibration.
 """
@@ -27,7 +28,8 @@ import torch
 
 from backend.models import load, read_metadata
 from backend.consistency import back_project
-from backend.models.error_head import OUTPUT_KEY, ErrorHead, ErrorHeadConfig, laplace_nll, output_kind, save_head
+from backend.models.error_head import (MEAN, MEDIAN, OUTPUT_KEY, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
+                                       laplace_nll, median_loss, output_kind, save_head)
 from backend.models.weights import file_sha256
 from training.data.crops import DEGRADATIONS, CropDataset, CropSettings, dataset_options, scenes_from_manifest
 
@@ -37,6 +39,9 @@ SUB_CROP = 32
 """LR side of a training sub-crop."""
 DEGRADED_FRACTION = 0.5
 """The benchmark weighs clean and degraded LR equally, and the student's last runs used 0.5-0.7."""
+LOSSES = {MEDIAN: median_loss, MEAN: laplace_nll}
+"""The loss that makes the head's output each statistic."""
+STATISTIC_CHOICES = {"median": MEDIAN, "mean": MEAN}
 
 
 def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, degraded_fraction: float,
@@ -101,8 +106,11 @@ def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int,
 
 
 def train(crops: dict, config: ErrorHeadConfig, minutes: float, max_steps: int, batch: int = 16,
-          learning_rate: float = 2e-3, seed: int = 0, log_every: int = 100) -> tuple[ErrorHead, int]:
-    """A head fitted to `crops` for at most `minutes` or `max_steps`, learning rate on a cosine over the budget."""
+          learning_rate: float = 2e-3, seed: int = 0, log_every: int = 100,
+          statistic: str = MEDIAN) -> tuple[ErrorHead, int]:
+    """A head fitted to `crops` for at most `minutes` or `max_steps`, learning rate on a cosine over the budget,
+    its output the `statistic` of the absolute error (MEDIAN or MEAN)."""
+    loss_of = LOSSES[statistic]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     head = ErrorHead(config).train()
@@ -116,14 +124,14 @@ def train(crops: dict, config: ErrorHeadConfig, minutes: float, max_steps: int, 
             group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
         indices = torch.randint(0, len(crops["sensor"]), (batch,), generator=generator)
         lr, sr, hr = sample_batch(crops, indices, config.scale, SUB_CROP, generator)
-        loss = laplace_nll(head(lr, sr), sr, hr)
+        loss = loss_of(head(lr, sr), sr, hr)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         running.append(loss.item())
         step += 1
         if step % log_every == 0:
-            print(f"step {step} nll {np.mean(running):.4f} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+            print(f"step {step} loss {np.mean(running):.4f} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
             running = []
     return head.eval(), step
 
@@ -158,6 +166,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--single-band-fraction", type=float, default=0.0,
                         help="share of crops from the manifest's single-band files (every Sentinel-2 / Landsat 8 band)")
+    parser.add_argument("--statistic", default="median", choices=sorted(STATISTIC_CHOICES),
+                        help="what the head predicts: the median absolute error (pinball loss; its calibration is "
+                             "the share of errors below it) or the mean (Laplace NLL)")
     parser.add_argument("--degradation", default=CropSettings.degradation, choices=DEGRADATIONS,
                         help="the chain that degrades the degraded crops")
     args = parser.parse_args(argv)
@@ -168,12 +179,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          args.consistency, sampling)
     crops = keep_sensors(crops, args.exclude_sensors)
     config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
-    head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed)
+    statistic = STATISTIC_CHOICES[args.statistic]
+    head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed, statistic=statistic)
     families = sorted(set(crops["sensor"]))
     meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
             "degradation": args.degradation, "single_band_fraction": f"{args.single_band_fraction:g}",
-            "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency),
+            "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency), STATISTIC_KEY: statistic,
             "command": "python -m training.stages.error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_head(head, args.out, file_sha256(str(args.student)), meta)

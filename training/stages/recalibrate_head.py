@@ -11,8 +11,8 @@ satellites predicts errors 1.5 times too small; no statistic of the LR we tried 
 ranking of pixels carries better than the level. So for a new sensor, a few reference HR images of it give the
 level: each is cut into tiles, reduced to LR by the documented operators (clean antialiased bicubic and the
 Real-ESRGAN chain, as the calibration benchmark does), super-resolved as the engine writes (back-projected when
-the head learnt that output), and the factor k that puts half of the actual errors below k b ln 2 is folded
-into the head's output bias. The new file has the same format and cost, records k and its references, and
+the head learnt that output), and the factor k that puts half of the actual errors below k times the head's
+predicted median is folded into the head's output bias. The new file has the same format and cost, records k and its references, and
 stays tied to the same student; put it beside the student's weights (`NAME.error.safetensors`) to use it.
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from backend.models import load
 from backend.models.error_head import (ErrorHead, below_median_share, head_output, level_factor, load_head,
-                                       output_kind, predict_error, rescaled, save_head)
+                                       median_of_output, output_kind, predict_error, rescaled, save_head)
 from backend.models.weights import file_sha256
 from backend.normalisation import default_spec, resolve
 from slimdiffsr_qgis.contract import BadInput
@@ -76,22 +76,23 @@ def manifest_tiles(manifest: Path, sensors: Sequence[str], role: str, tile: int 
 
 def measured_errors(student: nn.Module, head: ErrorHead, tiles: Sequence[np.ndarray], consistency: bool,
                     kinds: Sequence[str] = LR_KINDS) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(predicted b [H, W], actual |error| [C, H, W]) of every tile and LR kind, the output made as the engine
-    writes it (back-projected with `consistency`)."""
+    """(predicted median absolute error [H, W], actual |error| [C, H, W]) of every tile and LR kind, the output
+    made as the engine writes it (back-projected with `consistency`)."""
     upsample = model_upsampler(student, consistency)
     predicted, actual = [], []
     for index, hr in enumerate(tiles):
         for kind in kinds:
             lr = make_lr(hr, student.scale, kind, image_seed(index))
             sr = np.clip(upsample(lr), 0.0, 1.0)
-            predicted.append(predict_error(head, lr, sr))
+            predicted.append(predict_error(head, lr, sr) * median_of_output(head))
             actual.append(np.abs(sr - hr))
     return predicted, actual
 
 
 def below_median(predicted: Sequence[np.ndarray], actual: Sequence[np.ndarray], factor: float = 1.0) -> float:
-    """Share of all channel values whose |error| is below factor * b ln 2 (50 % when calibrated)."""
-    shares = [below_median_share(factor * b, error) for b, error in zip(predicted, actual)]
+    """Share of all channel values whose |error| is below factor times the predicted median (50 % when
+    calibrated)."""
+    shares = [below_median_share(factor * median, error) for median, error in zip(predicted, actual)]
     return float(np.average(shares, weights=[error.size for error in actual]))
 
 
