@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", help="run on an existing Dask cluster at this address, e.g. "
                                              "tcp://10.0.0.5:8786 (its workers must see the paths)")
     run.add_argument("--uncertainty", metavar="PATH",
-                     help="also write the expected absolute error of every output pixel to this GeoTIFF (float32, "
-                          "the output's grid and units), from the error head shipped beside the weights")
+                     help="also write the median absolute error expected of every output pixel to this GeoTIFF "
+                          "(float32, the output's grid and units), from the error head shipped beside the weights")
     run.add_argument("--windows", type=int,
                      help="with --workers or --scheduler and one input: how many windows to split it into "
                           "(default: a few per worker)")

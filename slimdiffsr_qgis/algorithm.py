@@ -42,7 +42,7 @@ WEIGHTS: a .safetensors file; empty uses the weights shipped with the plugin. A 
 DEVICE: auto, cpu or cuda (by name).
 CONSISTENCY: keep the output consistent with the input: each tile is back-projected so that the output, reduced to the input's pixel grid, reproduces the input (default: on; it keeps the model's detail from shifting colours or brightness, which measured better on real imagery, but keeps the noise of noisy or compressed inputs). It costs little time. Either way the result reports, and the output's metadata records, how far the reduced output differs from the input.
 TILE_SIZE and OVERLAP are in input pixels; smaller tiles need less memory.
-UNCERTAINTY: optional; a GeoTIFF for the expected absolute error of every output pixel, in the output's units, on the output's grid (one float32 band per output band), predicted by the error head shipped beside the weights; its calibration is in docs/trust.md. Weights without an error head beside them are refused when it is asked for.
+UNCERTAINTY: optional; a GeoTIFF for the median absolute error expected of every output pixel (half of its values err by less), in the output's units, on the output's grid (one float32 band per output band), predicted by the error head shipped beside the weights; its calibration is in docs/trust.md. Weights without an error head beside them are refused when it is asked for.
 
 The output keeps the input's CRS, data type and band names; its pixel size is the input's divided by the scale. Its fine detail is synthesised by the model, which the output's metadata records. Before running, the output size and the free disk space are checked."""
 

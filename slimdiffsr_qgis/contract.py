@@ -97,8 +97,8 @@ class RunRequest:
     tile, overlap: LR pixels.
     consistency: make the output, reduced to the input grid, reproduce the input
         (back-projection per tile); the figures are measured and recorded either way.
-    uncertainty: a GeoTIFF path for the expected absolute error of every output
-        pixel (float32, one band per output band, in the output's units), from the
+    uncertainty: a GeoTIFF path for the median absolute error expected of every
+        output pixel (float32, one band per output band, in the output's units), from the
         error head shipped beside the weights; None writes none.
     """
 

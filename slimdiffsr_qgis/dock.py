@@ -141,9 +141,10 @@ class SuperResolveDock(QDockWidget):
 
         self.error_layer_check = QCheckBox("Add an expected-error layer", body)
         self.error_layer_check.setToolTip(
-            "Also write <output>_error.tif and add it under the result: the expected absolute error of every output "
-            "pixel, in the output's units, predicted by a learned error head shipped beside the weights (its "
-            "calibration is in docs/trust.md). It costs little time but is a second file.")
+            "Also write <output>_error.tif and add it under the result: the median absolute error expected of "
+            "every output pixel (half of its values err by less), in the output's units, predicted by a learned "
+            "error head shipped beside the weights (its calibration is in docs/trust.md). It costs little time "
+            "but is a second file.")
         form.addRow("", self.error_layer_check)
 
         self.output_widget = QgsFileWidget(body)

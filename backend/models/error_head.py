@@ -1,4 +1,4 @@
-"""The error head: a small learned map of the expected absolute error of each super-resolved pixel.
+"""The error head: a small learned map of the absolute error expected of each super-resolved pixel.
 
 Hand-made predictors (local LR gradient, |SR - bicubic|, the spread of flip/rotation
 predictions) rank errors on clean LR but not on degraded LR, where blur hides the
@@ -146,7 +146,9 @@ def median_of_output(head: "ErrorHead") -> float:
 
 
 def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
-    """[h*s, w*s] float32 expected absolute error (b) of each output pixel's channel values, in [0, 1] units.
+    """[h*s, w*s] float32 map of the head's output for each output pixel, in [0, 1] units: the median
+    absolute error of the pixel's channel values, or the Laplace scale b (head_statistic says which;
+    median_of_output turns either into the median).
 
     lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s],
     clipped to [0, 1] here as the written output is and as the head's training outputs were.
