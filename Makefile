@@ -97,6 +97,39 @@ $(STEP1_ALL_FAMILIES):
 	mkdir -p $(@D)
 	git show 6fb01e2:resources/weights/slimdiffsr_x4.safetensors > $@
 
+# The trust layer (docs/trust.md). error-head retrains the head shipped beside the x4 weights (its training crops
+# are computed once under runs/error_head/, a few CPU-minutes); calibration writes its tables on the validation and
+# test blocks; calibration-held-out trains a head without each family, scores it on that family's test blocks,
+# recalibrates its level on the family's validation blocks and scores it again (runs/error_head/*.md).
+X4_WEIGHTS := resources/weights/slimdiffsr_x4.safetensors
+X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
+HEAD_RECIPE := --steps 3733 --minutes 60 --consistency --threads 2
+.PHONY: error-head calibration calibration-held-out trust-figure
+error-head: data
+	$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $(X4_HEAD) $(HEAD_RECIPE)
+
+calibration: data
+	for role in validation test; do \
+		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $(X4_HEAD) --role $$role --consistency \
+			--threads 2 --out runs/error_head/calibration_$$role.md || exit 1; \
+	done
+
+calibration-held-out: data
+	for family in $(LOFO_FAMILIES); do \
+		head=runs/error_head/without_$$family; \
+		$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $$head.safetensors $(HEAD_RECIPE) \
+			--exclude-sensors $$family || exit 1; \
+		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $$head.safetensors --role test \
+			--sensors $$family --consistency --threads 2 --out $$head.md || exit 1; \
+		$(PY) -m training.stages.recalibrate_head --student $(X4_WEIGHTS) --head $$head.safetensors \
+			--sensors $$family --role validation --out $${head}_recalibrated.safetensors || exit 1; \
+		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $${head}_recalibrated.safetensors \
+			--role test --sensors $$family --consistency --threads 2 --out $${head}_recalibrated.md || exit 1; \
+	done
+
+trust-figure: data
+	$(PY) -m benchmarks.trust_figure --student $(X4_WEIGHTS) --head $(X4_HEAD) --consistency --out docs/trust_x4.png
+
 # Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
 .PHONY: bench-params bench-speed bench-seam bench-memory bench-throughput real-pairs band-passes
 WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors
