@@ -103,7 +103,7 @@ $(STEP1_ALL_FAMILIES):
 # recalibrates its level on the family's validation blocks and scores it again (runs/error_head/*.md).
 X4_WEIGHTS := resources/weights/slimdiffsr_x4.safetensors
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
-HEAD_RECIPE := --steps 3733 --minutes 60 --consistency --threads 2
+HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2
 .PHONY: error-head calibration calibration-held-out trust-figure
 error-head: data
 	$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $(X4_HEAD) $(HEAD_RECIPE)

@@ -10,11 +10,13 @@ import torch
 
 from backend.models import load
 from backend.models.error_head import (MEAN, MEDIAN, MEDIAN_OF_B, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
-                                       below_median_share, head_beside, laplace_nll, level_factor, load_head,
-                                       median_loss, median_of_output, predict_error, rescaled, save_head)
+                                       below_median_share, head_beside, head_output, head_statistic, laplace_nll,
+                                       level_factor, load_head, median_loss, median_of_output, output_kind,
+                                       predict_error, rescaled, save_head)
+from backend.models.weights import file_sha256
 from benchmarks.calibration import (Pooled, add_tile, block_means, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
-from plugin_fixtures import write_tiny_shipped_like_weights
+from plugin_fixtures import REPO, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import CropSettings
@@ -151,6 +153,12 @@ def test_the_output_of_a_median_head_is_its_median_and_older_heads_learnt_the_la
     assert median_of_output(load_head(tmp_path / "median.safetensors", SHA)) == 1.0
     save_head(head, tmp_path / "mean.safetensors", SHA, {STATISTIC_KEY: MEAN})
     assert median_of_output(load_head(tmp_path / "mean.safetensors", SHA)) == pytest.approx(np.log(2.0))
+
+
+def test_the_shipped_head_predicts_the_median_error_of_what_the_shipped_x4_student_writes_by_default():
+    weights = REPO / "resources" / "weights" / "slimdiffsr_x4.safetensors"
+    head = load_head(head_beside(weights), file_sha256(str(weights)))
+    assert head_statistic(head) == MEDIAN and head_output(head) == output_kind(consistency=True)
 
 
 def test_excluded_sensors_leave_the_training_crops():
