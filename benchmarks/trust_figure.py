@@ -1,10 +1,12 @@
 """The uncertainty layer in one picture: a test tile's LR, SR and HR, the predicted and the actual error, side by side.
 
 One row per LR kind (clean bicubic, Real-ESRGAN degraded), the same tiles and LR
-as benchmarks.calibration (whose cached student outputs it reuses). Predicted b
-(expected |error|) and actual |error| (mean over the 3 channels) share one colour
+as benchmarks.calibration (whose cached student outputs it reuses). The predicted
+median |error| and the actual |error| (mean over the 3 channels) share one colour
 scale per row, from black (0) through purple to yellow (the row's 99th percentile),
-so a calibrated head shows the same brightness in both.
+so a calibrated head is as bright as the middle of the actual error's scatter; the
+actual error's label gives the share of channel values below the prediction
+(benchmarks.calibration's "below median", 50 % when calibrated).
 
     .venv/bin/python -m benchmarks.trust_figure --student resources/weights/slimdiffsr_x4.safetensors \
         --head resources/weights/slimdiffsr_x4.error.safetensors --out docs/trust_x4.png [--sensor neon --index 0]
@@ -20,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from backend.models.error_head import load_head, predict_error
+from backend.models.error_head import below_median_share, load_head, median_of_output, predict_error
 from backend.models.weights import file_sha256
 from benchmarks.calibration import student_outputs
 from training.evaluation.lr import LR_KINDS
@@ -76,14 +78,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for row, kind in enumerate(LR_KINDS):
         lr = item[f"lr_{kind}"].numpy().astype(np.float32)
         sr = item[f"sr_{kind}"].numpy().astype(np.float32)
-        predicted = predict_error(head, lr, sr)
-        actual = np.abs(sr - hr).mean(axis=0)
+        predicted = predict_error(head, lr, sr) * median_of_output(head)
+        channel_errors = np.abs(sr - hr)
+        actual = channel_errors.mean(axis=0)
         top = float(np.percentile(np.concatenate([actual.ravel(), predicted.ravel()]), 99))
         nearest = lr.repeat(head.scale, axis=1).repeat(head.scale, axis=2)
         columns = ((f"{kind} LR input (nearest)", rgb_image(nearest)), ("super-resolved output", rgb_image(sr)),
                    ("HR reference (ground truth)", rgb_image(hr)),
-                   (f"predicted |error|, mean {predicted.mean():.3f}", error_image(predicted, top)),
-                   (f"actual |error|, mean {actual.mean():.3f}", error_image(actual, top)))
+                   (f"predicted median |error|, mean {predicted.mean():.3f}", error_image(predicted, top)),
+                   (f"actual |error|: {100 * below_median_share(predicted, channel_errors):.0f} % below prediction",
+                    error_image(actual, top)))
         y = LABEL_HEIGHT + row * row_height
         draw.text((4, y + 3), f"{kind} LR: colour scale 0 to {top:.3f} ([0, 1] units)", fill="black")
         for column, (label, image) in enumerate(columns):

@@ -139,8 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     recalibrated = rescaled(head, factor, f"{reference}: {len(tiles)} tiles")
     save_head(recalibrated, args.out, file_sha256(str(args.student)), recalibrated.meta)
-    print(f"wrote {args.out}: b x {factor:.3f} from {len(tiles)} tiles of {reference}; values below the predicted "
-          f"median {100 * before:.1f} % -> {100 * after:.1f} % on them")
+    print(f"wrote {args.out}: predicted error x {factor:.3f} from {len(tiles)} tiles of {reference}; values below "
+          f"the predicted median {100 * before:.1f} % -> {100 * after:.1f} % on them")
     return 0
 
 
