@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SAMPLE := resources/sample/sentinel2_l1c_rgb.tif
+X4_WEIGHTS := resources/weights/slimdiffsr_x4.safetensors
 
 .PHONY: setup demo test
 setup: $(STAMP)
@@ -29,10 +30,10 @@ runs/reference_cnn_x4.safetensors: | data
 	$(PY) -m benchmarks.reference_cnn --minutes 25 --out $@
 
 quality: data runs/reference_cnn_x4.safetensors
-	$(PY) -m benchmarks.quality --weights resources/weights/slimdiffsr_x4.safetensors --reference runs/reference_cnn_x4.safetensors --role test --threads 1 --card resources/weights/README.md
+	$(PY) -m benchmarks.quality --weights $(X4_WEIGHTS) --reference runs/reference_cnn_x4.safetensors --role test --threads 1 --card resources/weights/README.md
 
 side-by-side: data
-	$(PY) -m benchmarks.side_by_side --weights resources/weights/slimdiffsr_x4.safetensors --out docs/side_by_side_x4.png
+	$(PY) -m benchmarks.side_by_side --weights $(X4_WEIGHTS) --out docs/side_by_side_x4.png
 
 # The installable QGIS plugin: dist/slimdiffsr_qgis.zip with one top folder.
 .PHONY: plugin-zip train-tiny
@@ -79,7 +80,7 @@ lofo-x4: data $(STEP1_ALL_FAMILIES)
 			--out runs/lofo_x4/without_$$family --set "data.exclude_sensors=[$$family]" || exit 1; \
 	done
 	$(PY) -m benchmarks.held_out --runs runs/lofo_x4 --role validation --consistency \
-		--compare $(STEP1_ALL_FAMILIES) --compare resources/weights/slimdiffsr_x4.safetensors
+		--compare $(STEP1_ALL_FAMILIES) --compare $(X4_WEIGHTS)
 
 # Leave one family out (x8): each left-out x4 model of lofo-x4 fine-tuned to x8 with the same family still left
 # out (training/configs/lofo_x8_cpu.yaml, about 11 CPU-minutes each), scored beside the shipped x8 file.
@@ -101,7 +102,6 @@ $(STEP1_ALL_FAMILIES):
 # are computed once under runs/error_head/, a few CPU-minutes); calibration writes its tables on the validation and
 # test blocks; calibration-held-out trains a head without each family, scores it on that family's test blocks,
 # recalibrates its level on the family's validation blocks and scores it again (runs/error_head/*.md).
-X4_WEIGHTS := resources/weights/slimdiffsr_x4.safetensors
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
 HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2
 .PHONY: error-head calibration calibration-held-out trust-figure
@@ -132,7 +132,7 @@ trust-figure: data
 
 # Model figures: parameter counts vs the paper, CPU speed vs RRDBNet and bicubic, tiling seams.
 .PHONY: bench-params bench-speed bench-seam bench-memory bench-throughput real-pairs band-passes
-WEIGHTS ?= resources/weights/slimdiffsr_x4.safetensors
+WEIGHTS ?= $(X4_WEIGHTS)
 bench-params: $(STAMP)
 	$(PY) -m benchmarks.params
 
