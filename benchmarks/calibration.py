@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.models import load
-from backend.models.error_head import below_median_share, level_factor, load_head, median_of_output, predict_error
+from backend.models.error_head import below_median_share, level_factor, load_head, predict_error
 from backend.models.weights import file_sha256
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
@@ -175,7 +175,7 @@ def score(tiles: Sequence[dict], head: torch.nn.Module, sensors: Optional[Sequen
             lr = item[f"lr_{kind}"].numpy().astype(np.float32)
             sr = item[f"sr_{kind}"].numpy().astype(np.float32)
             entry = pooled.setdefault((kind, item["sensor"]), Pooled())
-            predicted_median = predict_error(head, lr, sr) * median_of_output(head)
+            predicted_median = predict_error(head, lr, sr)
             add_tile(entry, predicted_median, np.abs(sr - hr), bicubic_residual(lr, sr))
     return pooled
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from backend.models.error_head import below_median_share, load_head, median_of_output, predict_error
+from backend.models.error_head import below_median_share, load_head, predict_error
 from backend.models.weights import file_sha256
 from benchmarks.calibration import student_outputs
 from training.evaluation.lr import LR_KINDS
@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for row, kind in enumerate(LR_KINDS):
         lr = item[f"lr_{kind}"].numpy().astype(np.float32)
         sr = item[f"sr_{kind}"].numpy().astype(np.float32)
-        predicted = predict_error(head, lr, sr) * median_of_output(head)
+        predicted = predict_error(head, lr, sr)
         channel_errors = np.abs(sr - hr)
         actual = channel_errors.mean(axis=0)
         top = float(np.percentile(np.concatenate([actual.ravel(), predicted.ravel()]), 99))

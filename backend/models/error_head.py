@@ -146,9 +146,8 @@ def median_of_output(head: "ErrorHead") -> float:
 
 
 def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
-    """[h*s, w*s] float32 map of the head's output for each output pixel, in [0, 1] units: the median
-    absolute error of the pixel's channel values, or the Laplace scale b (head_statistic says which;
-    median_of_output turns either into the median).
+    """[h*s, w*s] float32 median absolute error predicted for each output pixel's channel values, in [0, 1] units,
+    whichever statistic the head learnt (median_of_output converts a Laplace scale).
 
     lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s],
     clipped to [0, 1] here as the written output is and as the head's training outputs were.
@@ -161,7 +160,7 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
     lr = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None].to(device)
     sr = torch.from_numpy(np.clip(sr01, 0.0, 1.0).astype(np.float32))[None].to(device)
     with torch.inference_mode():
-        return torch.exp(head.eval()(lr, sr))[0, 0].cpu().numpy()
+        return (torch.exp(head.eval()(lr, sr))[0, 0] * median_of_output(head)).cpu().numpy()
 
 
 def below_median_share(predicted_median: np.ndarray, abs_error: np.ndarray) -> float:

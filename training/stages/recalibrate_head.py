@@ -29,7 +29,7 @@ from torch import nn
 
 from backend.models import load
 from backend.models.error_head import (ErrorHead, below_median_share, head_output, level_factor, load_head,
-                                       median_of_output, output_kind, predict_error, rescaled, save_head)
+                                       output_kind, predict_error, rescaled, save_head)
 from backend.models.weights import file_sha256
 from backend.normalisation import default_spec, resolve
 from slimdiffsr_qgis.contract import BadInput
@@ -84,7 +84,7 @@ def measured_errors(student: nn.Module, head: ErrorHead, tiles: Sequence[np.ndar
         for kind in kinds:
             lr = make_lr(hr, student.scale, kind, image_seed(index))
             sr = np.clip(upsample(lr), 0.0, 1.0)
-            predicted.append(predict_error(head, lr, sr) * median_of_output(head))
+            predicted.append(predict_error(head, lr, sr))
             actual.append(np.abs(sr - hr))
     return predicted, actual
 
