@@ -18,7 +18,7 @@ import torch
 
 from slimdiffsr_qgis.contract import BadInput, RunRequest
 
-from .models.error_head import (LEVEL_KEY, RECALIBRATED_KEY, ErrorHead, head_beside, head_output, load_head,
+from .models.error_head import (LEVEL_KEY, ErrorHead, calibrated_on, head_beside, head_output, load_head,
                                 median_of_output, output_kind)
 from .normalisation import Normalisation
 from .raster import OutputBand, OutputRaster, SourceRaster, Window
@@ -67,13 +67,14 @@ def to_output_units(errors: np.ndarray, normalisation: Normalisation) -> np.ndar
 def error_raster(path: str, request: RunRequest, source: SourceRaster, window: Window, width: int, height: int,
                  head_file: str, head: ErrorHead) -> OutputRaster:
     """The float32 uncertainty GeoTIFF on the output's grid, one band per output band, NaN as nodata; its
-    metadata names the head and, for a head recalibrated to a sensor, the factor and the references."""
+    metadata names the head, where its level was set (the families it trained on, or the references of a
+    recalibration to a sensor) and a recalibration's factor."""
     bands = [OutputBand(band.colour, f"median |error| of {band.description or f'band {number}'}", float("nan"))
              for band, number in zip(source.output_bands(np.dtype(np.float32)), source.band_numbers)]
     metadata = {"SLIMDIFFSR_UNCERTAINTY": DESCRIPTION, "SLIMDIFFSR_ERROR_HEAD": head_file,
-                "SLIMDIFFSR_UNCERTAINTY_OF": Path(request.output).name}
+                "SLIMDIFFSR_UNCERTAINTY_OF": Path(request.output).name,
+                "SLIMDIFFSR_ERROR_HEAD_CALIBRATED_ON": calibrated_on(head)}
     if LEVEL_KEY in head.meta:
         metadata["SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR"] = head.meta[LEVEL_KEY]
-        metadata["SLIMDIFFSR_ERROR_HEAD_RECALIBRATED_ON"] = head.meta.get(RECALIBRATED_KEY, "")
     return OutputRaster(path, width, height, np.dtype(np.float32), source.output_geotransform(window, request.scale),
                         source.wkt, bands, False, metadata)

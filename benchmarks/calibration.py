@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.models import load
-from backend.models.error_head import below_median_share, level_factor, load_head, predict_error
+from backend.models.error_head import TRAINED_ON_KEY, below_median_share, level_factor, load_head, predict_error
 from backend.models.weights import file_sha256
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
@@ -227,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pooled = score(tiles, head, args.sensors)
     if not pooled:
         raise SystemExit(f"no {args.role} tile of the sensor families {args.sensors}")
-    trained_on = head.meta.get("trained_on", "?")
+    trained_on = head.meta.get(TRAINED_ON_KEY, "?")
     table = format_table(pooled, f"Error head {args.head.name} (trained on {trained_on}) on the {args.role} blocks, "
                                  f"{args.tile} px tiles{', output back-projected to the LR' if args.consistency else ''}; "
                                  f"predicted median |error| per pixel.")

@@ -59,14 +59,15 @@ def student_with_head(folder: Path, consistency: bool = True, statistic: str = "
     output is the median absolute error unless `statistic` names another (backend.models.error_head)."""
     import torch
 
-    from backend.models.error_head import (MEDIAN, OUTPUT_KEY, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
-                                           output_kind, save_head)
+    from backend.models.error_head import (MEDIAN, OUTPUT_KEY, STATISTIC_KEY, TRAINED_ON_KEY, ErrorHead,
+                                           ErrorHeadConfig, output_kind, save_head)
     from backend.models.weights import file_sha256
 
     weights = write_tiny_shipped_like_weights(folder / "tiny.safetensors")
     torch.manual_seed(1)
     save_head(ErrorHead(ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))), folder / "tiny.error.safetensors",
-              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency), STATISTIC_KEY: statistic or MEDIAN})
+              file_sha256(weights), {OUTPUT_KEY: output_kind(consistency), STATISTIC_KEY: statistic or MEDIAN,
+                                      TRAINED_ON_KEY: "landsat8,neon,sentinel2"})
     return weights
 
 

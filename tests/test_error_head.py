@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from backend.models import load
-from backend.models.error_head import (MEAN, MEDIAN, MEDIAN_OF_B, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
-                                       below_median_share, head_beside, head_output, head_statistic, laplace_nll,
-                                       level_factor, load_head, median_loss, median_of_output, output_kind,
-                                       predict_error, rescaled, save_head)
+from backend.models.error_head import (MEAN, MEDIAN, MEDIAN_OF_B, STATISTIC_KEY, TRAINED_ON_KEY, ErrorHead,
+                                       ErrorHeadConfig, below_median_share, calibrated_on, head_beside, head_output,
+                                       head_statistic, laplace_nll, level_factor, load_head, median_loss,
+                                       median_of_output, output_kind, predict_error, rescaled, save_head)
 from backend.models.weights import file_sha256
 from benchmarks.calibration import (Pooled, add_tile, block_means, format_table,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
@@ -60,11 +60,11 @@ def test_saved_head_loads_with_the_same_config_outputs_and_provenance(tmp_path):
     head = ErrorHead(SMALL)
     torch.nn.init.normal_(head.out.weight, std=0.1)
     path = tmp_path / "head.safetensors"
-    save_head(head, path, SHA, {"trained_on": "neon"})
+    save_head(head, path, SHA, {TRAINED_ON_KEY: "neon"})
     loaded = load_head(path, SHA)
     lr, sr = _pair()
     assert loaded.config == SMALL
-    assert loaded.meta["trained_on"] == "neon" and loaded.meta["student_sha256"] == SHA
+    assert loaded.meta[TRAINED_ON_KEY] == "neon" and loaded.meta["student_sha256"] == SHA
     np.testing.assert_array_equal(predict_error(loaded, lr, sr), predict_error(head, lr, sr))
 
 
@@ -159,6 +159,7 @@ def test_the_shipped_head_predicts_the_median_error_of_what_the_shipped_x4_stude
     weights = REPO / "resources" / "weights" / "slimdiffsr_x4.safetensors"
     head = load_head(head_beside(weights), file_sha256(str(weights)))
     assert head_statistic(head) == MEDIAN and head_output(head) == output_kind(consistency=True)
+    assert calibrated_on(head).startswith("the training blocks of landsat8, neon, sentinel2;")
 
 
 def test_excluded_sensors_leave_the_training_crops():

@@ -82,5 +82,6 @@ def test_a_run_with_the_recalibrated_head_beside_the_weights_writes_k_times_the_
     (before, plain), (after, recalibrated) = layers
     np.testing.assert_allclose(after, factor * before, rtol=1e-4)
     assert "SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR" not in plain
+    assert plain["SLIMDIFFSR_ERROR_HEAD_CALIBRATED_ON"].startswith("the training blocks of landsat8")
     assert float(recalibrated["SLIMDIFFSR_ERROR_HEAD_LEVEL_FACTOR"]) == pytest.approx(factor, rel=1e-5)
-    assert "rgb.tif, pan.tif" in recalibrated["SLIMDIFFSR_ERROR_HEAD_RECALIBRATED_ON"]
+    assert "rgb.tif, pan.tif" in recalibrated["SLIMDIFFSR_ERROR_HEAD_CALIBRATED_ON"]

@@ -35,6 +35,9 @@ def test_the_layer_lies_on_the_outputs_grid_with_nan_where_the_output_is_nodata(
     assert errors.GetRasterBand(1).DataType == gdal.GDT_Float32
     assert np.isnan(errors.GetRasterBand(1).GetNoDataValue())
     assert "Median absolute error" in errors.GetMetadataItem("SLIMDIFFSR_UNCERTAINTY")
+    calibrated_on = errors.GetMetadataItem("SLIMDIFFSR_ERROR_HEAD_CALIBRATED_ON")
+    assert calibrated_on.startswith("the training blocks of landsat8, neon, sentinel2;")
+    assert "python -m training.stages.recalibrate_head" in calibrated_on
     expected = errors.ReadAsArray()
     output = errors = None
     assert np.isnan(expected[:, :, :24]).all(), "the nodata collar is nodata in the layer too"

@@ -56,6 +56,8 @@ LEVEL_KEY = "level_factor"
 """The factor a recalibration multiplied the head's b by (the product of all of them), absent when never."""
 RECALIBRATED_KEY = "recalibrated_on"
 """The reference images the last recalibration measured its factor on."""
+TRAINED_ON_KEY = "trained_on"
+"""The sensor families whose training blocks the head learnt from, comma-separated."""
 MEDIAN_OF_B = math.log(2.0)
 """For a Laplace error of scale b, the median absolute error is b ln 2 (the mean is b)."""
 STATISTIC_KEY = "statistic"
@@ -190,6 +192,17 @@ def rescaled(head: ErrorHead, factor: float, reference: str) -> ErrorHead:
     previous = float(head.meta.get(LEVEL_KEY, 1.0))
     copied.meta = {**head.meta, LEVEL_KEY: f"{previous * factor:.6g}", RECALIBRATED_KEY: reference}
     return copied
+
+
+def calibrated_on(head: ErrorHead) -> str:
+    """Where the head's level was set, for the layer's metadata: the references of its last recalibration, or
+    the families it trained on with what a run on any other sensor should expect and do."""
+    if RECALIBRATED_KEY in head.meta:
+        return head.meta[RECALIBRATED_KEY]
+    families = head.meta.get(TRAINED_ON_KEY, "").replace(",", ", ") or "unrecorded sensor families"
+    return (f"the training blocks of {families}; on another sensor the level can be off by up to a factor of 2 "
+            "(the ranking of pixels holds better): recalibrate it on reference images of that sensor with "
+            "python -m training.stages.recalibrate_head")
 
 
 def output_kind(consistency: bool) -> str:

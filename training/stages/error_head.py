@@ -28,8 +28,8 @@ import torch
 
 from backend.models import load, read_metadata
 from backend.consistency import back_project
-from backend.models.error_head import (MEAN, MEDIAN, OUTPUT_KEY, STATISTIC_KEY, ErrorHead, ErrorHeadConfig,
-                                       laplace_nll, median_loss, output_kind, save_head)
+from backend.models.error_head import (MEAN, MEDIAN, OUTPUT_KEY, STATISTIC_KEY, TRAINED_ON_KEY, ErrorHead,
+                                       ErrorHeadConfig, laplace_nll, median_loss, output_kind, save_head)
 from backend.models.weights import file_sha256
 from training.data.crops import DEGRADATIONS, CropDataset, CropSettings, dataset_options, scenes_from_manifest
 
@@ -182,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     statistic = STATISTIC_CHOICES[args.statistic]
     head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed, statistic=statistic)
     families = sorted(set(crops["sensor"]))
-    meta = {"trained_on": ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
+    meta = {TRAINED_ON_KEY: ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
             "degradation": args.degradation, "single_band_fraction": f"{args.single_band_fraction:g}",
             "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency), STATISTIC_KEY: statistic,
