@@ -119,8 +119,10 @@ calibration-held-out: data
 		head=runs/error_head/without_$$family; \
 		$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $$head.safetensors $(HEAD_RECIPE) \
 			--exclude-sensors $$family || exit 1; \
-		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $$head.safetensors --role test \
-			--sensors $$family --consistency --threads 2 --out $$head.md || exit 1; \
+		for role in train validation test; do \
+			$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $$head.safetensors --role $$role \
+				--sensors $$family --consistency --threads 2 --out $${head}_$$role.md || exit 1; \
+		done; \
 		$(PY) -m training.stages.recalibrate_head --student $(X4_WEIGHTS) --head $$head.safetensors \
 			--sensors $$family --role validation --out $${head}_recalibrated.safetensors || exit 1; \
 		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $${head}_recalibrated.safetensors \

@@ -1,7 +1,9 @@
 """Calibration of the error head: does its predicted error match the student's actual error, per sensor and LR kind?
 
 On the manifest's test blocks (validation with `--role validation`, the ones to
-choose a recipe on), every HR tile is downsampled to LR as benchmarks.quality
+choose a recipe on; train with `--role train`, only for a head trained without the
+`--sensors` families: their train blocks are as new to it as their validation
+blocks, and several times as many), every HR tile is downsampled to LR as benchmarks.quality
 does (clean bicubic, and Real-ESRGAN with seed DEGRADATION_SEED + tile index),
 super-resolved by the student through the engine's tiled inference, and the head
 predicts the median absolute error of each output pixel's channel values (b ln 2
@@ -40,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from backend.models import load
-from backend.models.error_head import TRAINED_ON_KEY, below_median_share, level_factor, load_head, predict_error
+from backend.models.error_head import (TRAINED_ON_KEY, ErrorHead, below_median_share, level_factor, load_head,
+                                       predict_error)
 from backend.models.weights import file_sha256
 from training.data.crops import evaluation_tiles, scenes_from_manifest
 from training.evaluation.lr import DEGRADATION_SEED, LR_KINDS, make_lr
@@ -206,12 +209,22 @@ def format_table(pooled: dict[tuple[str, str], Pooled], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refuse_seen_train_blocks(head: ErrorHead, sensors: Optional[Sequence[str]]) -> None:
+    """SystemExit unless every family to score is one the head never trained on: a head scored on train blocks
+    it learnt from would look calibrated and say nothing of new imagery."""
+    seen = set(head.meta.get(TRAINED_ON_KEY, "").split(",")) - {""}
+    if not sensors or seen & set(sensors) or not seen:
+        raise SystemExit(f"--role train scores a head on families it never trained on; give them with --sensors "
+                         f"(this head trained on {', '.join(sorted(seen)) or 'unrecorded families'})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calibration", description=__doc__.splitlines()[0])
     parser.add_argument("--student", type=Path, required=True, help="student weights (safetensors)")
     parser.add_argument("--head", type=Path, required=True, help="error head trained for that student")
-    parser.add_argument("--role", default="test", choices=("validation", "test"),
-                        help="validation blocks to choose a recipe, test blocks only to report")
+    parser.add_argument("--role", default="test", choices=("train", "validation", "test"),
+                        help="validation blocks to choose a recipe, test blocks only to report; train blocks only "
+                             "for a head trained without the --sensors families, which never saw them either")
     parser.add_argument("--sensors", nargs="*", default=None, metavar="FAMILY", help="only these sensor families")
     parser.add_argument("--data", type=Path, default=Path("data/manifest.json"), help="data manifest")
     parser.add_argument("--tile", type=int, default=192, help="HR evaluation tile side")
@@ -223,6 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     head = load_head(args.head, file_sha256(str(args.student)))
+    if args.role == "train":
+        refuse_seen_train_blocks(head, args.sensors)
     tiles = student_outputs(args.student, args.data, args.role, args.tile, args.cache, args.consistency)
     pooled = score(tiles, head, args.sensors)
     if not pooled:

@@ -14,7 +14,7 @@ from backend.models.error_head import (MEAN, MEDIAN, MEDIAN_OF_B, STATISTIC_KEY,
                                        head_statistic, laplace_nll, level_factor, load_head, median_loss,
                                        median_of_output, output_kind, predict_error, rescaled, save_head)
 from backend.models.weights import file_sha256
-from benchmarks.calibration import (Pooled, add_tile, block_means, format_table,
+from benchmarks.calibration import (Pooled, add_tile, block_means, format_table, refuse_seen_train_blocks,
                                     sparsification_areas, sparsification_curve, sparsification_gap, spearman)
 from plugin_fixtures import REPO, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
@@ -165,6 +165,18 @@ def test_the_shipped_head_predicts_the_median_error_of_what_the_shipped_x4_stude
 def test_excluded_sensors_leave_the_training_crops():
     kept = keep_sensors(_crops(), ["neon"])
     assert kept["sensor"] == ["landsat8"] * 3 and kept["lr"].shape[0] == 3
+
+
+def test_train_blocks_score_only_a_head_that_never_trained_on_their_family():
+    held_out = ErrorHead(SMALL)
+    held_out.meta = {TRAINED_ON_KEY: "landsat8,sentinel2"}
+    refuse_seen_train_blocks(held_out, ["neon"])
+    for sensors in (["neon", "landsat8"], None, []):
+        with pytest.raises(SystemExit, match="trained on landsat8, sentinel2"):
+            refuse_seen_train_blocks(held_out, sensors)
+    held_out.meta = {}
+    with pytest.raises(SystemExit, match="unrecorded families"):
+        refuse_seen_train_blocks(held_out, ["neon"])
 
 
 def test_block_means_average_each_square_and_drop_a_partial_edge():
