@@ -20,7 +20,7 @@ from plugin_fixtures import REPO, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import CropSettings
-from training.stages.error_head import keep_sensors, precompute, train
+from training.stages.error_head import keep_sensors, precompute, sample_batch, train
 
 SMALL = ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))
 SHA = "a" * 64
@@ -99,6 +99,22 @@ def _crops(count: int = 6) -> dict:
     hr = sr + scale * torch.randn(sr.shape, generator=generator)
     return {"lr": lr.half(), "sr": sr.half(), "hr": hr.half(), "sensor": ["neon", "landsat8"] * (count // 2),
             "degraded": torch.zeros(count, dtype=torch.bool)}
+
+
+def test_contrast_jitter_scales_a_sub_crops_contrast_and_its_error_alike_and_is_off_at_one():
+    crops, indices = _crops(), torch.arange(6)
+    plain = sample_batch(crops, indices, 4, 16, torch.Generator().manual_seed(3))
+    unjittered = sample_batch(crops, indices, 4, 16, torch.Generator().manual_seed(3), contrast_jitter=1.0)
+    jittered = sample_batch(crops, indices, 4, 16, torch.Generator().manual_seed(3), contrast_jitter=2.0)
+    for a, b in zip(plain, unjittered):
+        assert torch.equal(a, b)
+    (lr, sr, hr), (lr_j, sr_j, hr_j) = plain, jittered
+    torch.testing.assert_close(lr_j.mean(dim=(1, 2, 3)), lr.mean(dim=(1, 2, 3)), atol=1e-5, rtol=0)
+    gain = (lr_j - lr_j.mean(dim=(1, 2, 3), keepdim=True)).std(dim=(1, 2, 3)) / \
+        (lr - lr.mean(dim=(1, 2, 3), keepdim=True)).std(dim=(1, 2, 3))
+    assert ((gain > 0.5 - 1e-4) & (gain < 2.0 + 1e-4)).all() and gain.max() / gain.min() > 1.1
+    error_gain = (sr_j - hr_j).abs().mean(dim=(1, 2, 3)) / (sr - hr).abs().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(error_gain, gain, rtol=1e-3, atol=0)
 
 
 def test_a_few_training_steps_reduce_the_laplace_nll():

@@ -91,9 +91,13 @@ def cached_crops(student_path: Path, manifest: Path, cache: Path, count: int, cr
     return crops
 
 
-def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(LR, SR, HR) float32 sub-crops of side `sub` LR pixels at random positions of the crops `indices`."""
+def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int, generator: torch.Generator,
+                 contrast_jitter: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(LR, SR, HR) float32 sub-crops of side `sub` LR pixels at random positions of the crops `indices`.
+
+    With `contrast_jitter` G > 1, each sub-crop's contrast about its LR mean is multiplied by a factor drawn
+    log-uniformly in [1/G, G], alike in LR, SR and HR, so its error scales by the same factor: a family's scenes
+    then stop teaching the head that a given contrast means a given error (docs/trust.md measures why)."""
     side = crops["lr"].shape[-1]
     lr, sr, hr = [], [], []
     for index in indices.tolist():
@@ -102,14 +106,21 @@ def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int,
         window = (slice(None), slice(y * scale, (y + sub) * scale), slice(x * scale, (x + sub) * scale))
         sr.append(crops["sr"][index][window])
         hr.append(crops["hr"][index][window])
-    return torch.stack(lr).float(), torch.stack(sr).float(), torch.stack(hr).float()
+    lr, sr, hr = torch.stack(lr).float(), torch.stack(sr).float(), torch.stack(hr).float()
+    if contrast_jitter > 1:
+        uniform = torch.rand(len(indices), 1, 1, 1, generator=generator)
+        gain = torch.exp(math.log(contrast_jitter) * (2 * uniform - 1))
+        mean = lr.mean(dim=(1, 2, 3), keepdim=True)
+        lr, sr, hr = ((mean + gain * (values - mean)) for values in (lr, sr, hr))
+    return lr, sr, hr
 
 
 def train(crops: dict, config: ErrorHeadConfig, minutes: float, max_steps: int, batch: int = 16,
           learning_rate: float = 2e-3, seed: int = 0, log_every: int = 100,
-          statistic: str = MEDIAN) -> tuple[ErrorHead, int]:
+          statistic: str = MEDIAN, contrast_jitter: float = 1.0) -> tuple[ErrorHead, int]:
     """A head fitted to `crops` for at most `minutes` or `max_steps`, learning rate on a cosine over the budget,
-    its output the `statistic` of the absolute error (MEDIAN or MEAN)."""
+    its output the `statistic` of the absolute error (MEDIAN or MEAN), its sub-crops' contrast jittered by up to
+    `contrast_jitter` (sample_batch)."""
     loss_of = LOSSES[statistic]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -123,7 +134,7 @@ def train(crops: dict, config: ErrorHeadConfig, minutes: float, max_steps: int, 
         for group in optimiser.param_groups:
             group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
         indices = torch.randint(0, len(crops["sensor"]), (batch,), generator=generator)
-        lr, sr, hr = sample_batch(crops, indices, config.scale, SUB_CROP, generator)
+        lr, sr, hr = sample_batch(crops, indices, config.scale, SUB_CROP, generator, contrast_jitter)
         loss = loss_of(head(lr, sr), sr, hr)
         optimiser.zero_grad()
         loss.backward()
@@ -171,6 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "the share of errors below it) or the mean (Laplace NLL)")
     parser.add_argument("--degradation", default=CropSettings.degradation, choices=DEGRADATIONS,
                         help="the chain that degrades the degraded crops")
+    parser.add_argument("--contrast-jitter", type=float, default=1.0, metavar="G",
+                        help="multiply each training sub-crop's contrast by a factor drawn in [1/G, G] "
+                             "(1: off), so a head reads error from texture, not from a family's contrast")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     student_scale = read_metadata(args.student)["config"]["scale"]
@@ -180,11 +194,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     crops = keep_sensors(crops, args.exclude_sensors)
     config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
     statistic = STATISTIC_CHOICES[args.statistic]
-    head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed, statistic=statistic)
+    head, steps = train(crops, config, args.minutes, args.steps, seed=args.seed, statistic=statistic,
+                        contrast_jitter=args.contrast_jitter)
     families = sorted(set(crops["sensor"]))
     meta = {TRAINED_ON_KEY: ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
             "degradation": args.degradation, "single_band_fraction": f"{args.single_band_fraction:g}",
+            "contrast_jitter": f"{args.contrast_jitter:g}",
             "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency), STATISTIC_KEY: statistic,
             "command": "python -m training.stages.error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
