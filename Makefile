@@ -100,8 +100,9 @@ $(STEP1_ALL_FAMILIES):
 
 # The trust layer (docs/trust.md). error-head retrains the head shipped beside the x4 weights (its training crops
 # are computed once under runs/error_head/, a few CPU-minutes); calibration writes its tables on the validation and
-# test blocks; calibration-held-out trains a head without each family, scores it on that family's test blocks,
-# recalibrates its level on the family's validation blocks and scores it again (runs/error_head/*.md).
+# test blocks; calibration-held-out trains a head without each family, scores it on that family's train, validation
+# and test blocks, recalibrates its level on the family's validation blocks and scores the test blocks again
+# (runs/error_head/*.md).
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
 HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2
 .PHONY: error-head calibration calibration-held-out trust-figure

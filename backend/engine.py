@@ -38,8 +38,8 @@ from .raster import (OutputRaster, SourceRaster, Window, check_output_path, copy
                      remove_stale_partials, set_block_cache)
 from .resources import default_weights_path
 from .stages import Consume, Prefetch
-from .models.error_head import head_beside
-from .uncertainty import error_maps, error_raster, load_error_head, to_output_units
+from .models.error_head import head_beside, median_maps
+from .uncertainty import error_raster, load_error_head, to_output_units
 from .tiling import StreamingBlender, Tile, blend_in_memory, choose_tile, tile_grid
 
 log = logging.getLogger("slimdiffsr")
@@ -192,7 +192,7 @@ def infer_tiles(model: nn.Module, tiles: list[Tile], read: Callable[[Tile], np.n
                 lr_tensor = torch.from_numpy(np.ascontiguousarray(inputs)).to(output.device)
                 if consistency:
                     output = back_project(output, lr_tensor, model.scale)
-                errors = None if error_head is None else error_maps(error_head, lr_tensor, output).cpu().numpy()
+                errors = None if error_head is None else median_maps(error_head, lr_tensor, output).cpu().numpy()
                 output = output.cpu().numpy()
                 if hr is None:
                     planes = lr.shape[1] * (1 if error_head is None else 2)

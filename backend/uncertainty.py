@@ -18,8 +18,7 @@ import torch
 
 from slimdiffsr_qgis.contract import BadInput, RunRequest
 
-from .models.error_head import (LEVEL_KEY, ErrorHead, calibrated_on, head_beside, head_output, load_head,
-                                median_of_output, output_kind)
+from .models.error_head import LEVEL_KEY, ErrorHead, calibrated_on, head_beside, head_output, load_head, output_kind
 from .normalisation import Normalisation
 from .raster import OutputBand, OutputRaster, SourceRaster, Window
 
@@ -50,12 +49,6 @@ def load_error_head(request: RunRequest, weights: Optional[str], sha256: Optiona
 
 def _outputs(kind: str) -> str:
     return "raw outputs" if kind == output_kind(False) else f"outputs {kind}"
-
-
-def error_maps(head: ErrorHead, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-    """[B, 1, H, W] median absolute error (model units) of outputs [B, 3, H, W] made from inputs [B, 3, h, w]."""
-    with torch.inference_mode():
-        return torch.exp(head(inputs.float(), outputs.float().clamp(0.0, 1.0))) * median_of_output(head)
 
 
 def to_output_units(errors: np.ndarray, normalisation: Normalisation) -> np.ndarray:

@@ -147,12 +147,19 @@ def median_of_output(head: "ErrorHead") -> float:
     return 1.0 if head_statistic(head) == MEDIAN else MEDIAN_OF_B
 
 
-def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
-    """[h*s, w*s] float32 median absolute error predicted for each output pixel's channel values, in [0, 1] units,
-    whichever statistic the head learnt (median_of_output converts a Laplace scale).
+def median_maps(head: ErrorHead, lr: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] median absolute error (model units) predicted for outputs sr [B, 3, H, W] made from lr
+    [B, 3, h, w], whichever statistic the head learnt; sr is clipped to [0, 1] as the written output is and as
+    the head's training outputs were."""
+    with torch.inference_mode():
+        return torch.exp(head(lr.float(), sr.float().clamp(0.0, 1.0))) * median_of_output(head)
 
-    lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s],
-    clipped to [0, 1] here as the written output is and as the head's training outputs were.
+
+def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.ndarray:
+    """[h*s, w*s] float32 median absolute error predicted for each output pixel's channel values, in [0, 1] units
+    (median_maps of one image).
+
+    lr01: the LR the student read, [3, h, w] in [0, 1]; sr01: the student's output for it, [3, h*s, w*s].
     """
     scale = head.scale
     if lr01.ndim != 3 or lr01.shape[0] != 3 or sr01.shape != (3, lr01.shape[1] * scale, lr01.shape[2] * scale):
@@ -160,9 +167,8 @@ def predict_error(head: ErrorHead, lr01: np.ndarray, sr01: np.ndarray) -> np.nda
                          f"got {tuple(lr01.shape)} and {tuple(sr01.shape)}")
     device = next(head.parameters()).device
     lr = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None].to(device)
-    sr = torch.from_numpy(np.clip(sr01, 0.0, 1.0).astype(np.float32))[None].to(device)
-    with torch.inference_mode():
-        return (torch.exp(head.eval()(lr, sr))[0, 0] * median_of_output(head)).cpu().numpy()
+    sr = torch.from_numpy(np.ascontiguousarray(sr01, dtype=np.float32))[None].to(device)
+    return median_maps(head.eval(), lr, sr)[0, 0].cpu().numpy()
 
 
 def below_median_share(predicted_median: np.ndarray, abs_error: np.ndarray) -> float:
