@@ -104,7 +104,7 @@ $(STEP1_ALL_FAMILIES):
 # and test blocks, recalibrates its level on the family's validation blocks and scores the test blocks again
 # (runs/error_head/*.md).
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
-HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2
+HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2 --contrast-jitter 1.25
 .PHONY: error-head calibration calibration-held-out trust-figure
 error-head: data
 	$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $(X4_HEAD) $(HEAD_RECIPE)

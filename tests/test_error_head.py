@@ -178,6 +178,18 @@ def test_the_shipped_head_predicts_the_median_error_of_what_the_shipped_x4_stude
     assert calibrated_on(head).startswith("the training blocks of landsat8, neon, sentinel2;")
 
 
+def test_the_shipped_head_was_trained_with_the_recipe_make_error_head_runs():
+    recipe = next(line.split(":=", 1)[1].split() for line in (REPO / "Makefile").read_text().splitlines()
+                  if line.startswith("HEAD_RECIPE :="))
+    weights = REPO / "resources" / "weights" / "slimdiffsr_x4.safetensors"
+    recorded = load_head(head_beside(weights), file_sha256(str(weights))).meta["command"].split()
+    flags = [i for i, word in enumerate(recipe) if word.startswith("--")]
+    for start, end in zip(flags, flags[1:] + [len(recipe)]):
+        option = recipe[start:end]
+        at = recorded.index(option[0]) if option[0] in recorded else -1
+        assert recorded[at:at + len(option)] == option, f"the shipped head was not trained with {' '.join(option)}"
+
+
 def test_excluded_sensors_leave_the_training_crops():
     kept = keep_sensors(_crops(), ["neon"])
     assert kept["sensor"] == ["landsat8"] * 3 and kept["lr"].shape[0] == 3
