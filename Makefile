@@ -98,22 +98,27 @@ $(STEP1_ALL_FAMILIES):
 	mkdir -p $(@D)
 	git show 6fb01e2:resources/weights/slimdiffsr_x4.safetensors > $@
 
-# The trust layer (docs/trust.md). error-head retrains the head shipped beside the x4 weights (its training crops
-# are computed once under runs/error_head/, a few CPU-minutes); calibration writes its tables on the validation and
-# test blocks; calibration-held-out trains a head without each family, scores it on that family's train, validation
-# and test blocks, recalibrates its level on the family's validation blocks and scores the test blocks again
-# (runs/error_head/*.md).
+# The trust layer (docs/trust.md). error-head retrains the heads shipped beside the x4 and x2 weights (their
+# training crops are computed once under runs/error_head/, a few CPU-minutes each); calibration writes their tables
+# on the validation and test blocks (runs/error_head/calibration_xS_ROLE.md); calibration-held-out trains an x4 head
+# without each family, scores it on that family's train, validation and test blocks, recalibrates its level on the
+# family's validation blocks and scores the test blocks again (runs/error_head/*.md).
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
+HEAD_SCALES := 4 2
 HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2 --contrast-jitter 1.25
 .PHONY: error-head calibration calibration-held-out trust-figure
 error-head: data
-	$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $(X4_HEAD) $(HEAD_RECIPE)
+	for scale in $(HEAD_SCALES); do \
+		$(PY) -m training.stages.error_head --student resources/weights/slimdiffsr_x$$scale.safetensors \
+			--out resources/weights/slimdiffsr_x$$scale.error.safetensors $(HEAD_RECIPE) || exit 1; \
+	done
 
 calibration: data
-	for role in validation test; do \
-		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $(X4_HEAD) --role $$role --consistency \
-			--threads 2 --out runs/error_head/calibration_$$role.md || exit 1; \
-	done
+	for scale in $(HEAD_SCALES); do for role in validation test; do \
+		$(PY) -m benchmarks.calibration --student resources/weights/slimdiffsr_x$$scale.safetensors \
+			--head resources/weights/slimdiffsr_x$$scale.error.safetensors --role $$role --consistency \
+			--threads 2 --out runs/error_head/calibration_x$${scale}_$$role.md || exit 1; \
+	done; done
 
 calibration-held-out: data
 	for family in $(LOFO_FAMILIES); do \

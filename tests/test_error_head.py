@@ -178,10 +178,12 @@ def test_the_shipped_head_predicts_the_median_error_of_what_the_shipped_x4_stude
     assert calibrated_on(head).startswith("the training blocks of landsat8, neon, sentinel2;")
 
 
-def test_the_shipped_head_was_trained_with_the_recipe_make_error_head_runs():
-    recipe = next(line.split(":=", 1)[1].split() for line in (REPO / "Makefile").read_text().splitlines()
-                  if line.startswith("HEAD_RECIPE :="))
-    weights = REPO / "resources" / "weights" / "slimdiffsr_x4.safetensors"
+@pytest.mark.parametrize("scale", [4, 2])
+def test_the_shipped_heads_were_trained_with_the_recipe_make_error_head_runs(scale):
+    makefile = (REPO / "Makefile").read_text().splitlines()
+    recipe = next(line.split(":=", 1)[1].split() for line in makefile if line.startswith("HEAD_RECIPE :="))
+    assert str(scale) in next(line.split(":=", 1)[1].split() for line in makefile if line.startswith("HEAD_SCALES :="))
+    weights = REPO / "resources" / "weights" / f"slimdiffsr_x{scale}.safetensors"
     recorded = load_head(head_beside(weights), file_sha256(str(weights))).meta["command"].split()
     flags = [i for i, word in enumerate(recipe) if word.startswith("--")]
     for start, end in zip(flags, flags[1:] + [len(recipe)]):

@@ -80,3 +80,22 @@ def test_a_head_for_the_other_output_is_refused(tmp_path):
 def test_the_layer_and_the_output_must_be_different_files(tmp_path):
     with pytest.raises(BadInput, match="different files"):
         RunRequest(input="in.tif", output=str(tmp_path / "o.tif"), uncertainty=str(tmp_path / "o.tif"))
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_the_shipped_weights_of_each_scale_with_a_head_write_a_layer_on_their_outputs_grid(tmp_path, scale):
+    """The default weights of the scale (weights=None), their recorded normalisation and the head shipped beside
+    them, as a user's run with --uncertainty takes them."""
+    source = write_raster(str(tmp_path / "in.tif"), (smooth_image(4, 36, 44) * 9000).astype(np.uint16) + 100)
+    run = RunRequest(input=source, output=str(tmp_path / "out.tif"), scale=scale, tile=32, overlap=12,
+                     device="cpu", uncertainty=str(tmp_path / "out_error.tif"))
+    result = Engine().run(run)
+    output, errors = gdal.Open(result.output), gdal.Open(result.uncertainty)
+    assert (errors.RasterXSize, errors.RasterYSize, errors.RasterCount) == (44 * scale, 36 * scale, 4)
+    assert errors.GetGeoTransform() == output.GetGeoTransform()
+    assert errors.GetMetadataItem("SLIMDIFFSR_ERROR_HEAD_CALIBRATED_ON").startswith(
+        "the training blocks of landsat8, neon, sentinel2;")
+    layer = errors.ReadAsArray()
+    assert np.isfinite(layer).all() and (layer > 0).all()
+    # Output units: a band stretched over ~9000 DN errs by DN, not by fractions of the model's [0, 1] range.
+    assert 1.0 < float(np.median(layer)) < 900.0
