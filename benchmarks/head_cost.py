@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.head_cost [--scales 4 2] [--side 256] [--repeats 3] [--threads 1]
 
 Per scale whose shipped weights have an error head beside them: multiply-adds per output pixel of the head and
-of the student (counted on the meta device), then the wall time of the engine's whole run (read, tiled
+of the student (torch's flop counter on one random pass), then the wall time of the engine's whole run (read, tiled
 inference, back-projection, write) on one synthetic `side` x `side` 3-band raster, without and with the
 layer, the fastest of `repeats` interleaved runs of each. The layer stays off by default when the ratio is
 above 1.3 (the bar for an option that costs more than it adds); the figure a user meets is the ratio.
@@ -26,10 +26,10 @@ from backend.engine import Engine
 from backend.models import load
 from backend.models.error_head import head_beside, load_head
 from backend.models.weights import file_sha256
+from backend.resources import default_weights_path
 from benchmarks.rasters import textured_raster
 from slimdiffsr_qgis.contract import RunRequest
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "resources" / "weights"
 MAC_SIDE = 64
 """LR side of the pass the multiply-adds are counted on (they are per output pixel, so any side will do)."""
 
@@ -50,9 +50,9 @@ def seconds(request: RunRequest) -> float:
 
 def measure(scale: int, side: int, repeats: int, folder: Path) -> Optional[list[str]]:
     """One table row for `scale`, or None when its shipped weights have no head."""
-    weights = WEIGHTS / f"slimdiffsr_x{scale}.safetensors"
-    head_path = head_beside(weights)
-    if not weights.is_file() or head_path is None or not head_path.is_file():
+    weights = default_weights_path(scale)
+    head_path = head_beside(weights) if weights else None
+    if head_path is None:
         return None
     student, head = load(weights), load_head(head_path, file_sha256(str(weights)))
     lr = torch.rand(1, 3, MAC_SIDE, MAC_SIDE)
