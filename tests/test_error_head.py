@@ -20,7 +20,8 @@ from plugin_fixtures import REPO, write_tiny_shipped_like_weights
 from rasters import smooth_image, write_raster
 from slimdiffsr_qgis.contract import BadInput
 from training.data.crops import CropSettings
-from training.stages.error_head import keep_sensors, precompute, sample_batch, train
+from training.data.realesrgan_degradation import bicubic_downsample
+from training.stages.error_head import keep_sensors, precompute, sample_batch, sharpen, train
 
 SMALL = ErrorHeadConfig(scale=4, channels=8, dilations=(1, 2))
 SHA = "a" * 64
@@ -302,3 +303,30 @@ def test_head_crops_can_include_single_band_and_sensor_degraded_crops(tmp_path):
     assert not any(torch.equal(hr[0], hr[1]) for hr in plain["hr"])
     assert not torch.equal(plain["lr"], precompute(student, manifest, count=4, crop=32, degraded_fraction=1.0, seed=0,
                                                    batch=2, sampling=CropSettings(degradation="sensor"))["lr"])
+
+
+def test_sharpen_scales_the_detail_the_lr_cannot_carry_and_barely_moves_the_lr():
+    hr = 0.5 + 0.1 * (torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)) - 0.5)
+    torch.testing.assert_close(sharpen(hr, 4, 1.0), hr)
+    smooth = sharpen(hr, 4, 0.0)
+    torch.testing.assert_close(sharpen(hr, 4, 2.0) - smooth, 2 * (hr - smooth))
+    sharper = sharpen(hr, 4, 2.0)
+    hr_change = (sharper - hr).abs().mean()
+    lr_change = (bicubic_downsample(sharper[None], 4) - bicubic_downsample(hr[None], 4)).abs().mean()
+    assert lr_change < 0.1 * hr_change
+
+
+def test_sharpness_jitter_makes_each_crops_lr_from_its_resharpened_hr(tmp_path):
+    write_raster(str(tmp_path / "rgb.tif"), (smooth_image(3, 96, 96, seed=1) * 3000 + 50).astype(np.uint16), nodata=0)
+    blocks = {"train": [[0, 0, 96, 96]], "validation": [], "test": []}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({
+        "scenes": [{"name": "rgb", "file": "rgb.tif", "sensor": "s2", "nodata": 0, "blocks": blocks}]}))
+    student = load(write_tiny_shipped_like_weights(tmp_path / "tiny.safetensors"))
+    options = dict(count=4, crop=32, degraded_fraction=0.0, seed=0, batch=2)
+    plain = precompute(student, manifest, **options)
+    jittered = precompute(student, manifest, sharpness_jitter=2.0, **options)
+    assert not torch.equal(plain["hr"], jittered["hr"])
+    torch.testing.assert_close(jittered["lr"].float(), bicubic_downsample(jittered["hr"].float(), 4).clamp(0, 1),
+                               atol=2e-3, rtol=0)
+    assert torch.equal(plain["hr"], precompute(student, manifest, sharpness_jitter=1.0, **options)["hr"])

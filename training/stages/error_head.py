@@ -31,7 +31,9 @@ from backend.consistency import back_project
 from backend.models.error_head import (MEAN, MEDIAN, OUTPUT_KEY, STATISTIC_KEY, TRAINED_ON_KEY, ErrorHead,
                                        ErrorHeadConfig, laplace_nll, median_loss, output_kind, save_head)
 from backend.models.weights import file_sha256
-from training.data.crops import DEGRADATIONS, CropDataset, CropSettings, dataset_options, scenes_from_manifest
+from training.data.crops import (DEGRADATIONS, CropDataset, CropSettings, dataset_options, make_lr,
+                                 scenes_from_manifest)
+from training.data.sensor_degradation import blur, gaussian_1d
 
 CROP = 192
 """HR side of a cached crop: 48 LR pixels, larger than the head's receptive field and the training sub-crop."""
@@ -44,19 +46,41 @@ LOSSES = {MEDIAN: median_loss, MEAN: laplace_nll}
 STATISTIC_CHOICES = {"median": MEDIAN, "mean": MEAN}
 
 
+def sharpen(hr: torch.Tensor, scale: int, gain: float) -> torch.Tensor:
+    """[3, H, W] HR with the detail above about the LR Nyquist multiplied by `gain` (below 1 a blurrier sensor,
+    above 1 a sharper one), clamped to [0, 1]: a Gaussian of scale / 4 HR pixels splits it into what the LR can
+    carry and what it cannot."""
+    smooth = blur(hr[None], gaussian_1d(scale / 4))[0]
+    return (smooth + gain * (hr - smooth)).clamp(0.0, 1.0)
+
+
+def resharpened(dataset: CropDataset, item: dict, index: int, seed: int, sharpness_jitter: float) -> dict:
+    """`item` as a sensor of another sharpness would have seen it: the HR through `sharpen` by a gain drawn
+    log-uniformly in [1/G, G], its LR made anew from it by the item's own LR kind."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    gain = math.exp(math.log(sharpness_jitter) * (2 * float(torch.rand((), generator=generator)) - 1))
+    hr = sharpen(item["hr"], dataset.scale, gain)
+    lr = make_lr(hr[None], dataset.scale, item["lr_kind"], generator, dataset.degradation,
+                 dataset.sensor_settings)[0]
+    return {**item, "hr": hr, "lr": lr}
+
+
 def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, degraded_fraction: float,
                seed: int, batch: int = 8, consistency: bool = False,
-               sampling: CropSettings = CropSettings()) -> dict:
+               sampling: CropSettings = CropSettings(), sharpness_jitter: float = 1.0) -> dict:
     """{"lr", "sr", "hr" (float16 tensors), "sensor" (list), "degraded" (bool tensor)} of `count` train crops;
     with `consistency` the SR is back-projected to the LR, as the engine writes it by default. `sampling`'s
     remote-sensing options (single-band crops, the degradation chain) draw the crops as a student's data
-    section would."""
+    section would; with `sharpness_jitter` G > 1 each crop is `resharpened`, so the head sees sensors sharper
+    and blurrier than the manifest's."""
     scenes = scenes_from_manifest(manifest)
     dataset = CropDataset(scenes, crop=crop, scale=student.scale, role="train", length=count, seed=seed,
                           degraded_fraction=degraded_fraction, **dataset_options(sampling, manifest))
     lrs, srs, hrs, sensors, degraded = [], [], [], [], []
     for start in range(0, count, batch):
         items = [dataset[i] for i in range(start, min(count, start + batch))]
+        if sharpness_jitter > 1:
+            items = [resharpened(dataset, item, start + i, seed, sharpness_jitter) for i, item in enumerate(items)]
         lr = torch.stack([item["lr"] for item in items])
         with torch.inference_mode():
             sr = student(lr)
@@ -72,19 +96,21 @@ def precompute(student: torch.nn.Module, manifest: Path, count: int, crop: int, 
 
 def cached_crops(student_path: Path, manifest: Path, cache: Path, count: int, crop: int,
                  degraded_fraction: float, seed: int, consistency: bool = False,
-                 sampling: CropSettings = CropSettings()) -> dict:
+                 sampling: CropSettings = CropSettings(), sharpness_jitter: float = 1.0) -> dict:
     """The precomputed crops for this student and settings, computed and saved on first use."""
     sha = file_sha256(str(student_path))
     suffix = "_consistent" if consistency else ""
     if sampling != CropSettings():
         suffix += f"_b{sampling.single_band_fraction:g}_{sampling.degradation}"
+    if sharpness_jitter > 1:
+        suffix += f"_sharp{sharpness_jitter:g}"
     path = cache / f"crops_{sha[:12]}_n{count}_c{crop}_d{degraded_fraction:g}_s{seed}{suffix}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     student = load(student_path)
     start = time.monotonic()
     crops = precompute(student, manifest, count, crop, degraded_fraction, seed, consistency=consistency,
-                       sampling=sampling)
+                       sampling=sampling, sharpness_jitter=sharpness_jitter)
     print(f"precomputed {count} crops in {time.monotonic() - start:.0f} s -> {path}", file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(crops, path)
@@ -185,12 +211,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--contrast-jitter", type=float, default=1.0, metavar="G",
                         help="multiply each training sub-crop's contrast by a factor drawn in [1/G, G] "
                              "(1: off), so a head reads error from texture, not from a family's contrast")
+    parser.add_argument("--sharpness-jitter", type=float, default=1.0, metavar="G",
+                        help="multiply each training crop's detail beyond the LR Nyquist by a factor drawn in "
+                             "[1/G, G] before its LR is made (1: off), so the head sees sensors sharper and "
+                             "blurrier than the manifest's")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     student_scale = read_metadata(args.student)["config"]["scale"]
     sampling = CropSettings(degradation=args.degradation, single_band_fraction=args.single_band_fraction)
     crops = cached_crops(args.student, args.data, args.cache, args.crops, CROP, DEGRADED_FRACTION, args.seed,
-                         args.consistency, sampling)
+                         args.consistency, sampling, args.sharpness_jitter)
     crops = keep_sensors(crops, args.exclude_sensors)
     config = ErrorHeadConfig(scale=student_scale, channels=args.channels, dilations=tuple(args.dilations))
     statistic = STATISTIC_CHOICES[args.statistic]
@@ -200,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = {TRAINED_ON_KEY: ",".join(families), "excluded_sensors": ",".join(args.exclude_sensors),
             "steps": str(steps), "crops": str(len(crops["sensor"])), "degraded_fraction": str(DEGRADED_FRACTION),
             "degradation": args.degradation, "single_band_fraction": f"{args.single_band_fraction:g}",
-            "contrast_jitter": f"{args.contrast_jitter:g}",
+            "contrast_jitter": f"{args.contrast_jitter:g}", "sharpness_jitter": f"{args.sharpness_jitter:g}",
             "student": args.student.name, OUTPUT_KEY: output_kind(args.consistency), STATISTIC_KEY: statistic,
             "command": "python -m training.stages.error_head " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
