@@ -100,11 +100,15 @@ $(STEP1_ALL_FAMILIES):
 
 # The trust layer (docs/trust.md). error-head retrains the heads shipped beside the x4 and x2 weights (their
 # training crops are computed once under runs/error_head/, a few CPU-minutes each); calibration writes their tables
-# on the validation and test blocks (runs/error_head/calibration_xS_ROLE.md); calibration-held-out trains an x4 head
-# without each family, scores it on that family's train, validation and test blocks, recalibrates its level on the
-# family's validation blocks and scores the test blocks again (runs/error_head/*.md).
+# on the validation and test blocks (runs/error_head/calibration_xS_ROLE.md); calibration-held-out trains a head
+# without each family for the x4 weights (HELD_OUT_SCALE=2: the x2 weights, under runs/error_head/x2/), scores it on
+# that family's train, validation and test blocks, recalibrates its level on the family's validation blocks and
+# scores the test blocks again (runs/error_head/*.md).
 X4_HEAD := resources/weights/slimdiffsr_x4.error.safetensors
 HEAD_SCALES := 4 2
+HELD_OUT_SCALE := 4
+HELD_OUT_STUDENT = resources/weights/slimdiffsr_x$(HELD_OUT_SCALE).safetensors
+HELD_OUT_DIR = runs/error_head$(if $(filter-out 4,$(HELD_OUT_SCALE)),/x$(HELD_OUT_SCALE))
 HEAD_RECIPE := --steps 29864 --minutes 120 --consistency --threads 2 --contrast-jitter 1.25
 .PHONY: error-head calibration calibration-held-out trust-figure
 error-head: data
@@ -122,16 +126,16 @@ calibration: data
 
 calibration-held-out: data
 	for family in $(LOFO_FAMILIES); do \
-		head=runs/error_head/without_$$family; \
-		$(PY) -m training.stages.error_head --student $(X4_WEIGHTS) --out $$head.safetensors $(HEAD_RECIPE) \
+		head=$(HELD_OUT_DIR)/without_$$family; \
+		$(PY) -m training.stages.error_head --student $(HELD_OUT_STUDENT) --out $$head.safetensors $(HEAD_RECIPE) \
 			--exclude-sensors $$family || exit 1; \
 		for role in train validation test; do \
-			$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $$head.safetensors --role $$role \
+			$(PY) -m benchmarks.calibration --student $(HELD_OUT_STUDENT) --head $$head.safetensors --role $$role \
 				--sensors $$family --consistency --threads 2 --out $${head}_$$role.md || exit 1; \
 		done; \
-		$(PY) -m training.stages.recalibrate_head --student $(X4_WEIGHTS) --head $$head.safetensors \
+		$(PY) -m training.stages.recalibrate_head --student $(HELD_OUT_STUDENT) --head $$head.safetensors \
 			--sensors $$family --role validation --out $${head}_recalibrated.safetensors || exit 1; \
-		$(PY) -m benchmarks.calibration --student $(X4_WEIGHTS) --head $${head}_recalibrated.safetensors \
+		$(PY) -m benchmarks.calibration --student $(HELD_OUT_STUDENT) --head $${head}_recalibrated.safetensors \
 			--role test --sensors $$family --consistency --threads 2 --out $${head}_recalibrated.md || exit 1; \
 	done
 
