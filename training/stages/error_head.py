@@ -46,6 +46,12 @@ LOSSES = {MEDIAN: median_loss, MEAN: laplace_nll}
 STATISTIC_CHOICES = {"median": MEDIAN, "mean": MEAN}
 
 
+def log_uniform(spread: float, uniform: torch.Tensor) -> torch.Tensor:
+    """Factors in [1/spread, spread], log-uniform for `uniform` draws in [0, 1): a gain as likely to halve as to
+    double, which is what both jitters want."""
+    return torch.exp(math.log(spread) * (2 * uniform - 1))
+
+
 def sharpen(hr: torch.Tensor, scale: int, gain: float) -> torch.Tensor:
     """[3, H, W] HR with the detail above about the LR Nyquist multiplied by `gain` (below 1 a blurrier sensor,
     above 1 a sharper one), clamped to [0, 1]: a Gaussian of scale / 4 HR pixels splits it into what the LR can
@@ -58,7 +64,7 @@ def resharpened(dataset: CropDataset, item: dict, index: int, seed: int, sharpne
     """`item` as a sensor of another sharpness would have seen it: the HR through `sharpen` by a gain drawn
     log-uniformly in [1/G, G], its LR made anew from it by the item's own LR kind."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    gain = math.exp(math.log(sharpness_jitter) * (2 * float(torch.rand((), generator=generator)) - 1))
+    gain = float(log_uniform(sharpness_jitter, torch.rand((), generator=generator)))
     hr = sharpen(item["hr"], dataset.scale, gain)
     lr = make_lr(hr[None], dataset.scale, item["lr_kind"], generator, dataset.degradation,
                  dataset.sensor_settings)[0]
@@ -134,8 +140,7 @@ def sample_batch(crops: dict, indices: torch.Tensor, scale: int, sub: int, gener
         hr.append(crops["hr"][index][window])
     lr, sr, hr = torch.stack(lr).float(), torch.stack(sr).float(), torch.stack(hr).float()
     if contrast_jitter > 1:
-        uniform = torch.rand(len(indices), 1, 1, 1, generator=generator)
-        gain = torch.exp(math.log(contrast_jitter) * (2 * uniform - 1))
+        gain = log_uniform(contrast_jitter, torch.rand(len(indices), 1, 1, 1, generator=generator))
         mean = lr.mean(dim=(1, 2, 3), keepdim=True)
         lr, sr, hr = ((mean + gain * (values - mean)) for values in (lr, sr, hr))
     return lr, sr, hr
